@@ -1,0 +1,78 @@
+"""Where each part of the published OOTDiffusion checkpoints lies, relative to the root.
+
+The root is the published `checkpoints/` folder of the hub repo `levihsu/OOTDiffusion`
+with `clip-vit-large-patch14/` (hub repo `openai/clip-vit-large-patch14`) beside `ootd/`.
+The loader, the tiny-checkpoint writer and the Docker weight builder all read these names
+from here so that they can never disagree.
+"""
+
+from pathlib import Path
+
+MODEL_TYPES: tuple[str, ...] = ("hd", "dc")
+CHECKPOINT_STEP = "checkpoint-36000"
+
+OOTD_DIR = "ootd"
+VAE_DIR = f"{OOTD_DIR}/vae"
+TEXT_ENCODER_DIR = f"{OOTD_DIR}/text_encoder"
+TOKENIZER_DIR = f"{OOTD_DIR}/tokenizer"
+SCHEDULER_DIR = f"{OOTD_DIR}/scheduler"
+CLIP_DIR = "clip-vit-large-patch14"
+
+# Files of the shared (model-type independent) parts that the loader reads.
+SHARED_FILES: tuple[str, ...] = (
+    f"{VAE_DIR}/config.json",
+    f"{VAE_DIR}/diffusion_pytorch_model.bin",
+    f"{TEXT_ENCODER_DIR}/config.json",
+    f"{TEXT_ENCODER_DIR}/pytorch_model.bin",
+    f"{TOKENIZER_DIR}/vocab.json",
+    f"{TOKENIZER_DIR}/merges.txt",
+    f"{TOKENIZER_DIR}/special_tokens_map.json",
+    f"{TOKENIZER_DIR}/tokenizer_config.json",
+    f"{SCHEDULER_DIR}/scheduler_config.json",
+)
+
+# Files of the CLIP image encoder (hub repo openai/clip-vit-large-patch14, which also holds
+# .bin/.h5/.msgpack copies of the same weights: only the safetensors file is needed).
+CLIP_FILES: tuple[str, ...] = (
+    f"{CLIP_DIR}/config.json",
+    f"{CLIP_DIR}/model.safetensors",
+    f"{CLIP_DIR}/preprocessor_config.json",
+)
+
+
+def unet_dir(model_type: str, which: str) -> str:
+    """Relative folder of one UNet: `which` is "unet_garm" or "unet_vton"."""
+    check_model_type(model_type)
+    if which not in ("unet_garm", "unet_vton"):
+        raise ValueError(f"which must be 'unet_garm' or 'unet_vton', not {which!r}")
+    return f"{OOTD_DIR}/ootd_{model_type}/{CHECKPOINT_STEP}/{which}"
+
+
+def unet_files(model_type: str) -> tuple[str, ...]:
+    """The four files of one model type's two UNets."""
+    return tuple(
+        f"{unet_dir(model_type, which)}/{name}"
+        for which in ("unet_garm", "unet_vton")
+        for name in ("config.json", "diffusion_pytorch_model.safetensors")
+    )
+
+
+def ootd_files(model_types: tuple[str, ...] | list[str] = MODEL_TYPES) -> tuple[str, ...]:
+    """Every file the diffusion loader needs for the given model types."""
+    files = list(SHARED_FILES) + list(CLIP_FILES)
+    for model_type in model_types:
+        files.extend(unet_files(model_type))
+    return tuple(files)
+
+
+def check_model_type(model_type: str) -> str:
+    """Return `model_type` if it is a published one, else raise ValueError naming it."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, not {model_type!r}")
+    return model_type
+
+
+def missing_files(root: str | Path, files: tuple[str, ...] | list[str]) -> list[str]:
+    """The entries of `files` that do not exist under `root` (empty when complete)."""
+    root = Path(root)
+    return [name for name in files if not (root / name).is_file()]
