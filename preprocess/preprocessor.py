@@ -1,0 +1,122 @@
+"""Person photo -> try-on mask (plus the keypoints and parse map behind it), the published flow.
+
+The published script stretches the person photo to 768x1024, shrinks it to 384x512 for OpenPose
+and human parsing, builds the mask there and scales it back up with NEAREST. `Preprocessor` does
+the same with networks loaded once per worker, typed errors instead of crashes, and a way for the
+caller to send their own mask, in which case no network runs at all.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from preprocess.errors import PreprocessError
+from preprocess.images import load_mask, load_rgb
+from preprocess.layout import BODY_POSE
+from preprocess.mask import ARM_WIDTH, CATEGORIES, agnostic_mask
+from preprocess.parsing import PARSE_SIZE, HumanParser
+
+if TYPE_CHECKING:
+    import torch
+
+OUTPUT_SIZE = (768, 1024)
+"""(width, height) the published models work at, and the default mask size."""
+
+PoseEstimator = Callable[[Image.Image], np.ndarray]
+Parser = Callable[[Image.Image], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """What the pipeline needs from preprocessing, plus what helps debug a bad try-on."""
+
+    mask: Image.Image
+    """`L` image at the requested size: 255 = repaint, 0 = keep."""
+    keypoints: np.ndarray | None
+    """(18, 2) COCO body keypoints in 384x512 pixels, (0, 0) = missing; None with a caller's mask."""
+    parse: np.ndarray | None
+    """uint8 (512, 384) label map (ATR + 18 = neck); None with a caller's mask."""
+    person: Image.Image
+    """The person photo as the pipeline must use it: upright 8-bit RGB, resized to the mask size."""
+
+
+def check_request(model_type: str, category: str) -> None:
+    """Reject combinations the published models were not trained for (HD is upper body only)."""
+    if model_type not in ARM_WIDTH:
+        raise ValueError(f"model_type must be 'hd' or 'dc', not {model_type!r}")
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
+    if model_type == "hd" and category != "upper_body":
+        raise ValueError(f"the hd model only supports category 'upper_body', not {category!r}; use 'dc'")
+
+
+class Preprocessor:
+    """Holds the pose and parsing networks; call it once per request.
+
+    Either network may be None (for a worker that only accepts caller masks, or in tests); a
+    request that needs a missing network then fails with a clear error instead of a crash.
+    """
+
+    def __init__(self, pose: PoseEstimator | None = None, parser: Parser | None = None) -> None:
+        self.pose = pose
+        self.parser = parser
+
+    @classmethod
+    def from_checkpoints(cls, root: str | Path, device: "str | torch.device | None" = None) -> "Preprocessor":
+        """Load OpenPose and both parsing networks from the published `checkpoints/` root, once.
+
+        `device` "cpu" keeps both on the CPU; None or "cuda[:n]" uses CUDA where it is available
+        (torch for OpenPose, the onnxruntime CUDA provider for parsing), else the CPU.
+        """
+        from preprocess.pose import BodyPoseEstimator  # heavy (torch); only needed here
+
+        root = Path(root)
+        pose = BodyPoseEstimator.from_checkpoint(root / BODY_POSE, device=device)
+        on_cpu = device is not None and str(device).startswith("cpu")
+        providers = ["CPUExecutionProvider"] if on_cpu else None
+        return cls(pose=pose, parser=HumanParser.from_checkpoints(root, providers=providers))
+
+    def __call__(
+        self,
+        person: Image.Image,
+        model_type: str = "hd",
+        category: str = "upper_body",
+        mask: Image.Image | None = None,
+        size: tuple[int, int] = OUTPUT_SIZE,
+    ) -> PreprocessResult:
+        """Build the repaint mask for `person` at `size` (W, H), or adopt the caller's `mask`.
+
+        Raises `NoPersonDetectedError` / `NoGarmentRegionError` (both `PreprocessError`, a
+        ValueError) when the photo cannot be used, ValueError for a bad model_type/category.
+        """
+        check_request(model_type, category)
+        size = (int(size[0]), int(size[1]))
+        # Stretched like the published script: the caller decides about aspect ratio beforehand.
+        person_rgb = load_rgb(person).resize(size, Image.Resampling.BICUBIC)
+        if mask is not None:
+            return PreprocessResult(mask=user_mask(mask, size), keypoints=None, parse=None, person=person_rgb)
+        if self.pose is None or self.parser is None:
+            raise RuntimeError("this Preprocessor was built without pose/parsing networks: pass a mask")
+        small = person_rgb.resize(PARSE_SIZE, Image.Resampling.BICUBIC)
+        keypoints = np.asarray(self.pose(small), dtype=np.float64).reshape(18, 2)
+        parse = np.asarray(self.parser(small), dtype=np.uint8)
+        small_mask = agnostic_mask(parse, keypoints, model_type, category)
+        return PreprocessResult(
+            mask=small_mask.resize(size, Image.Resampling.NEAREST),
+            keypoints=keypoints,
+            parse=parse,
+            person=person_rgb,
+        )
+
+
+def user_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A caller's mask of any size/mode as an `L` image at `size`: >127 -> 255 (repaint), else 0."""
+    grey = load_mask(mask).resize(size, Image.Resampling.NEAREST)
+    binary = np.where(np.asarray(grey) > 127, 255, 0).astype(np.uint8)
+    if not binary.any():
+        raise PreprocessError("the mask is empty: paint the area to replace in white (values above 127)")
+    return Image.fromarray(binary)
