@@ -23,3 +23,26 @@ def tiny_ootd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ootd-checkpoints")
     write_tiny_ootd_checkpoints(root, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole session.
+
+    Yields a `tests/s3_server.S3Server`: `.endpoint_url`, `.access_key`, `.secret_key`,
+    `.create_bucket()` (a fresh bucket), `.env(bucket)` (BUCKET_* variables with quick
+    retries), `.s3_config(bucket)` (RunPod's per-job shape), `.client()`, `.get(url)`.
+    """
+    from s3_server import start_seaweedfs
+
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    return s3_server.create_bucket()
