@@ -1,0 +1,192 @@
+"""`python handler.py` as RunPod runs it: one local test job, and the SDK's local API server.
+
+These start the real entry point in a subprocess (cold start included) on the tiny checkpoints:
+`--test_input` end to end at the published 768x1024, and `--rp_serve_api` answering /runsync,
+/run + /status over HTTP with URL inputs served by a local HTTP server.
+"""
+
+import ast
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from worker_support import FileServer, free_port, image_bytes
+
+from worker.schema import parse_request
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_INPUT = REPO / "test_input.json"
+
+
+def worker_env(tiny_root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "RUNPOD_WEBHOOK"))}
+    env.update(
+        CHECKPOINTS_DIR=str(tiny_root),
+        EXTRA_RESOLUTIONS="256x192",
+        RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS="true",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def decode(entry: dict) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(entry["base64"])))
+    image.load()
+    return image
+
+
+def test_test_input_json_is_a_valid_small_job() -> None:
+    assert TEST_INPUT.stat().st_size < 200_000
+    job = json.loads(TEST_INPUT.read_text())
+    request = parse_request(job["input"], person_count=1)
+    assert request.person_index == 0 and request.garment.kind == "data_uri"
+
+
+@pytest.mark.slow
+def test_handler_test_input_end_to_end_at_768x1024(tiny_root: Path, s3_server, s3_bucket) -> None:
+    job = json.loads(TEST_INPUT.read_text())
+    # One step without guidance and a stretched fit: the full 768x1024 frame, as fast as CPU allows.
+    job["input"].update(steps=1, guidance_scale=1.0, fit="stretch")
+    started = time.monotonic()
+    # The SDK cuts log lines at 4096 characters, so the image travels through the S3 server.
+    done = subprocess.run(
+        [sys.executable, "handler.py", "--rp_log_level", "INFO", "--test_input", json.dumps(job)],
+        cwd=REPO,
+        env=worker_env(tiny_root, **s3_server.env(s3_bucket)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = next(line for line in done.stdout.splitlines() if "Job result: " in line)
+    result = ast.literal_eval(line.split("Job result: ", 1)[1])["output"]
+    assert result["seed"] == 42 and result["timings"]["total"] < time.monotonic() - started
+    status, content_type, body = s3_server.get(result["images"][0]["url"])
+    assert (status, content_type) == (200, "image/png")
+    image = Image.open(io.BytesIO(body))
+    image.load()
+    assert image.format == "PNG" and image.size == (768, 1024)
+    assert "loaded models hd,dc and the preprocessor" in done.stderr  # the cold start is logged
+    assert s3_server.secret_key not in done.stdout + done.stderr
+
+
+def test_handler_refuses_to_start_without_weights(tmp_path: Path) -> None:
+    # No weights: the worker refuses to start and says how to fix it (no job is run).
+    done = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", json.dumps({"input": {}})],
+        cwd=REPO,
+        env=worker_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert f"cannot start: CHECKPOINTS_DIR={tmp_path} lacks" in done.stderr
+    assert "python -m tiny_checkpoints" in done.stderr
+
+
+def post(url: str, body: object, timeout: float = 300) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def api(tiny_root: Path):
+    """`python handler.py --rp_serve_api` on a free loopback port, up once the models are loaded."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "handler.py",
+            "--rp_serve_api",
+            "--rp_api_host",
+            "127.0.0.1",
+            "--rp_api_port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=worker_env(tiny_root, UVICORN_LOG_LEVEL="warning"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API server exited: {process.stdout.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/openapi.json", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def files():
+    with FileServer() as server:
+        server.add("/person.jpg", image_bytes((120, 160), "JPEG"))
+        server.add("/garment.png", image_bytes((60, 80), seed=2))
+        yield server
+
+
+def test_local_api_runsync_with_url_inputs(api: str, files: FileServer) -> None:
+    job = {"person": files.url("/person.jpg"), "garment": files.url("/garment.png"), "resolution": "256x192",
+           "steps": 2, "seed": 5, "output_format": "jpeg"}  # fmt: skip
+    status, body = post(f"{api}/runsync", {"input": job})
+    assert status == 200 and body["status"] == "COMPLETED", body
+    output = body["output"]
+    (entry,) = output["images"]
+    assert entry["content_type"] == "image/jpeg"
+    assert decode(entry).size == (192, 256)  # the person photo is 3:4 already
+    assert output["seed"] == 5
+    assert {"/person.jpg", "/garment.png"} <= set(files.requests)
+
+
+def test_local_api_run_then_status(api: str) -> None:
+    garment = base64.b64encode(image_bytes((60, 80), seed=4)).decode()
+    job = {"person_index": 0, "garment": garment, "resolution": "256x192", "steps": 2, "seed": 6}
+    status, queued = post(f"{api}/run", {"input": job})
+    assert status == 200 and queued["status"] == "IN_PROGRESS" and queued["id"]
+    status, body = post(f"{api}/status/{queued['id']}", {})
+    assert status == 200 and body["status"] == "COMPLETED", body
+    assert decode(body["output"]["images"][0]).size == (192, 192)
+
+
+def test_local_api_reports_a_bad_request_as_failed_with_the_sentence(api: str) -> None:
+    status, body = post(
+        f"{api}/runsync", {"input": {"person_index": 0, "garment": "ftp://example.com/g.png"}}
+    )
+    assert status == 200 and body["status"] == "FAILED"
+    assert (
+        body["error"]
+        == "invalid input: garment: ftp:// URLs are not allowed (use an http(s) URL, base64 or a data URI)"
+    )

@@ -1,0 +1,183 @@
+"""Fetching, decoding, fitting and encoding pictures (worker/images.py) against real servers."""
+
+import base64
+import io
+import time
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+from worker_support import FileServer, SilentServer, data_uri, image_bytes, png_claiming_size
+
+from worker.config import Settings
+from worker.errors import InputError
+from worker.images import decode_base64, decode_image, encode_image, fetch_url, pad_to_aspect, read_image
+from worker.schema import ImageRef
+
+SETTINGS = Settings(download_connect_timeout=2.0, download_timeout=1.0, max_input_bytes=200_000)
+
+
+@pytest.fixture
+def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+
+
+@pytest.fixture
+def server():
+    with FileServer() as files:
+        yield files
+
+
+def url_ref(url: str, field: str = "person") -> ImageRef:
+    return ImageRef(field, "url", url)
+
+
+def test_url_download_decodes_by_content_not_header(server, allow_loopback) -> None:
+    png = image_bytes((60, 80))
+    # The server claims JPEG under a .txt name: the content decides.
+    url = server.add("/picture.txt", png, headers={"Content-Type": "image/jpeg"})
+    image = read_image(url_ref(url), SETTINGS)
+    assert image.format == "PNG" and image.size == (60, 80)
+
+
+def test_redirects_are_followed_but_bounded(server, allow_loopback) -> None:
+    png = image_bytes((32, 32))
+    server.add("/final.png", png)
+    first = server.redirect("/a", server.url("/final.png"))
+    assert read_image(url_ref(first), SETTINGS).size == (32, 32)
+
+    server.redirect("/loop", server.url("/loop"))
+    with pytest.raises(InputError, match=r"person: the URL redirected more than 3 times"):
+        fetch_url(url_ref(server.url("/loop")), SETTINGS)
+    assert server.requests.count("/loop") == SETTINGS.download_max_redirects + 1
+
+
+def test_http_error_status_names_field_and_status(server, allow_loopback) -> None:
+    with pytest.raises(InputError, match=r"^garment: the URL on 127\.0\.0\.1 answered HTTP 404$"):
+        fetch_url(url_ref(server.url("/missing.png?token=SECRET123"), "garment"), SETTINGS)
+
+
+def test_url_path_and_query_never_appear_in_errors(server, allow_loopback) -> None:
+    url = server.url("/private/path.png?X-Amz-Signature=SECRET123")
+    with pytest.raises(InputError) as caught:
+        fetch_url(url_ref(url), SETTINGS)
+    assert "SECRET123" not in str(caught.value) and "/private" not in str(caught.value)
+
+
+def test_download_byte_cap_with_and_without_content_length(server, allow_loopback) -> None:
+    big = b"\0" * (SETTINGS.max_input_bytes + 1)
+    with pytest.raises(InputError, match=r"larger than the 0\.2 MB limit"):
+        fetch_url(url_ref(server.add("/declared", big)), SETTINGS)
+    # Without a Content-Length (a close-delimited body) the cap applies while reading.
+    server.add("/undeclared", big, headers={"Content-Length": ""})
+    with pytest.raises(InputError, match=r"larger than the 0\.2 MB limit"):
+        fetch_url(url_ref(server.url("/undeclared")), SETTINGS)
+    small = image_bytes((16, 16))
+    assert fetch_url(url_ref(server.add("/small", small, headers={"Content-Length": ""})), SETTINGS) == small
+
+
+def test_silent_server_times_out_quickly(allow_loopback) -> None:
+    with SilentServer() as silent:
+        start = time.monotonic()
+        with pytest.raises(InputError, match=r"^person: the download from 127\.0\.0\.1 timed out"):
+            fetch_url(url_ref(silent.url()), replace(SETTINGS, download_timeout=0.5))
+        assert time.monotonic() - start < 5
+
+
+def test_private_address_refused_without_override(server, monkeypatch) -> None:
+    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    url = server.add("/ok.png", image_bytes())
+    with pytest.raises(InputError, match=r"private, loopback or link-local address"):
+        fetch_url(url_ref(url), SETTINGS)
+    with pytest.raises(InputError, match=r"private, loopback or link-local address"):
+        fetch_url(url_ref("http://169.254.169.254/latest/meta-data/"), SETTINGS)
+    assert server.requests == []  # nothing was ever sent to the private address
+
+
+def test_every_redirect_hop_is_checked(server, monkeypatch) -> None:
+    # The guard re-checks each hop: a redirect to a file:// URL is refused after an allowed first hop.
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    url = server.redirect("/to-file", "file:///etc/passwd")
+    with pytest.raises(InputError, match=r"only http and https URLs are allowed"):
+        fetch_url(url_ref(url), SETTINGS)
+
+
+def test_base64_forms_decode_to_the_same_bytes() -> None:
+    data = image_bytes((40, 40), "JPEG")
+    plain = base64.b64encode(data).decode()
+    forms = {
+        "data_uri": data_uri(data, "image/jpeg"),
+        "base64": plain,
+        "unpadded": plain.rstrip("="),
+        "wrapped": "\n".join(plain[i : i + 76] for i in range(0, len(plain), 76)),
+        "urlsafe": base64.urlsafe_b64encode(data).decode(),
+    }
+    for name, text in forms.items():
+        kind = "data_uri" if name == "data_uri" else "base64"
+        assert decode_base64(ImageRef("garment", kind, text), 10**6) == data, name
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        (ImageRef("garment", "base64", "not base64 at all!"), r"^garment: not valid base64"),
+        (ImageRef("garment", "data_uri", "data:image/png,rawtext"), r"^garment: a data URI must be base64"),
+        (
+            ImageRef("mask", "base64", "A" * 400_000),
+            r"^mask: the base64 data is larger than the 0\.2 MB limit",
+        ),
+        (ImageRef("mask", "base64", "A" * 280_000), r"^mask: the image is larger than the 0\.2 MB limit"),
+    ],
+)
+def test_bad_base64_is_refused(ref: ImageRef, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        decode_base64(ref, SETTINGS.max_input_bytes)
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    bomb = png_claiming_size(10_000, 10_000)  # 100 megapixels, 300 MB if decoded
+    start = time.monotonic()
+    with pytest.raises(
+        InputError, match=r"^person: the image is 10000x10000 \(100\.0 megapixels\), over the limit"
+    ):
+        decode_image(bomb, "person", Settings().max_input_pixels)
+    assert time.monotonic() - start < 1
+    with pytest.raises(InputError, match=r"over the limit of 0\.001 megapixels"):
+        decode_image(image_bytes((40, 40)), "person", 1_000)
+
+
+def test_not_an_image_and_truncated_jpeg() -> None:
+    with pytest.raises(InputError, match=r"^garment: the data is not an image in a supported format"):
+        decode_image(b"%PDF-1.7 definitely not a picture", "garment", 10**6)
+    jpeg = image_bytes((128, 128), "JPEG")
+    with pytest.raises(InputError, match=r"^person: the JPEG data is truncated or corrupt$"):
+        decode_image(jpeg[: len(jpeg) // 2], "person", 10**6)
+
+
+@pytest.mark.parametrize(
+    ("size", "canvas"), [((512, 512), (512, 683)), ((300, 800), (600, 800)), ((600, 800), (600, 800))]
+)
+def test_pad_to_three_by_four_and_crop_back(size: tuple[int, int], canvas: tuple[int, int]) -> None:
+    photo = Image.new("RGB", size, (10, 200, 30))
+    padded, pad = pad_to_aspect(photo, (3, 4), (255, 255, 255))
+    assert padded.size == canvas
+    left, top, right, bottom = pad.box
+    assert (right - left, bottom - top) == size
+    assert padded.getpixel((left, top)) == (10, 200, 30)
+    if canvas != size:
+        assert padded.getpixel((0, 0)) == (255, 255, 255)  # white padding
+    # An output at the model's 768x1024 from this canvas, cropped back to the photo's region.
+    output = padded.resize((768, 1024), Image.Resampling.NEAREST)
+    cropped = pad.crop(output)
+    assert abs(cropped.width / cropped.height - size[0] / size[1]) < 0.01
+    assert cropped.width <= 768 and cropped.height <= 1024
+    assert set(cropped.getdata()) == {(10, 200, 30)}  # no padding left in the result
+
+
+@pytest.mark.parametrize(("fmt", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_encode_formats_round_trip(fmt: str, pil_format: str) -> None:
+    image = Image.open(io.BytesIO(image_bytes((64, 96)))).convert("RGB")
+    decoded = Image.open(io.BytesIO(encode_image(image, fmt)))
+    assert decoded.format == pil_format and decoded.size == (64, 96)

@@ -1,0 +1,148 @@
+"""Real servers and real image bytes for the worker tests (no mocks).
+
+`FileServer` is an HTTP server on 127.0.0.1 serving registered bodies, statuses and redirects;
+`SilentServer` accepts TCP connections and never answers (a download that times out). The
+image helpers make real encoded files, including a PNG whose header claims 100 megapixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import struct
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+
+class FileServer:
+    """Serve `routes[path] = (status, body, headers)` on 127.0.0.1; records each requested path."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                status, body, headers = server.routes.get(self.path, (404, b"not found", {}))
+                self.send_response(status)
+                for name, value in headers.items():
+                    if value:  # an empty value leaves the header out
+                        self.send_header(name, value)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
+        self.routes[path] = (status, body, headers or {"Content-Type": "application/octet-stream"})
+        return self.url(path)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        self.routes[path] = (status, b"", {"Location": location})
+        return self.url(path)
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def __enter__(self) -> SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+    def url(self, path: str = "/image.png") -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def image_bytes(
+    size: tuple[int, int] = (96, 128), fmt: str = "PNG", mode: str = "RGB", seed: int = 0
+) -> bytes:
+    """A real encoded picture with some structure (a gradient plus a block), not a flat colour."""
+    width, height = size
+    image = Image.linear_gradient("L").resize(size).convert(mode if mode != "CMYK" else "RGB")
+    image.paste(
+        (200, 30, 30) if image.mode == "RGB" else 200, (width // 4, height // 4, width // 2, height // 2)
+    )
+    if seed:
+        image = image.rotate(seed * 17)
+    if mode == "CMYK":
+        image = image.convert("CMYK")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, content_type: str = "image/png") -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG whose header says `width` x `height` (8-bit RGB) with almost no pixel data.
+
+    Decoding it would need width*height*3 bytes of memory; a safe decoder refuses it from the
+    header alone. Building it costs nothing.
+    """
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )

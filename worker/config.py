@@ -1,0 +1,104 @@
+"""Worker settings read from the environment.
+
+Every limit that protects the worker (download size and time, pixel count, result size) is a
+setting so that an operator can tune it per endpoint and tests can make it small; the
+defaults are what a RunPod endpoint should run with. Read once per job (cheap), so a test can
+change the environment between jobs without reloading the models.
+"""
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ootd.layout import MODEL_TYPES
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_CHECKPOINTS_DIR = "/weights"
+DEFAULT_MODEL_IMAGES_DIR = REPO_ROOT / "assets" / "models"
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker reads from its environment (see docs/api.md for the names)."""
+
+    checkpoints_dir: Path = Path(DEFAULT_CHECKPOINTS_DIR)
+    model_types: tuple[str, ...] = MODEL_TYPES
+    model_images_dir: Path = DEFAULT_MODEL_IMAGES_DIR
+    # Input images (URL downloads and base64 alike).
+    max_input_bytes: int = 20 * MB
+    max_input_pixels: int = 50_000_000
+    download_connect_timeout: float = 10.0
+    download_timeout: float = 60.0
+    download_max_redirects: int = 3
+    # Results: RunPod refuses results over 10 MB (/run) or 20 MB (/runsync); the worker cannot
+    # tell which route a job came by, so the default is the stricter one.
+    max_inline_bytes: int = 10 * MB
+    # Send a progress update every this many diffusion steps (never on the last one).
+    progress_every: int = 5
+    # "HxW" output sizes allowed beyond the published three (3:4, multiples of 64), e.g. "256x192"
+    # so that CPU tests on the tiny checkpoints take a second instead of a minute.
+    extra_resolutions: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `env` (default `os.environ`); a malformed value raises ValueError."""
+        env = os.environ if env is None else env
+        return cls(
+            checkpoints_dir=Path(env.get("CHECKPOINTS_DIR") or DEFAULT_CHECKPOINTS_DIR),
+            model_types=_model_types(env.get("OOTD_MODEL_TYPES") or ",".join(MODEL_TYPES)),
+            model_images_dir=Path(env.get("MODEL_IMAGES_DIR") or DEFAULT_MODEL_IMAGES_DIR),
+            max_input_bytes=_positive(env, "MAX_INPUT_BYTES", cls.max_input_bytes, int),
+            max_input_pixels=_positive(env, "MAX_INPUT_PIXELS", cls.max_input_pixels, int),
+            download_connect_timeout=_positive(
+                env, "DOWNLOAD_CONNECT_TIMEOUT", cls.download_connect_timeout, float
+            ),
+            download_timeout=_positive(env, "DOWNLOAD_TIMEOUT", cls.download_timeout, float),
+            download_max_redirects=_positive(
+                env, "DOWNLOAD_MAX_REDIRECTS", cls.download_max_redirects, int, allow_zero=True
+            ),
+            max_inline_bytes=_positive(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, int),
+            progress_every=_positive(env, "PROGRESS_EVERY", cls.progress_every, int),
+            extra_resolutions=_resolutions(env.get("EXTRA_RESOLUTIONS") or ""),
+        )
+
+
+def _model_types(raw: str) -> tuple[str, ...]:
+    """Parse "hd,dc" into ("hd", "dc"), refusing unknown names and an empty list."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    unknown = [name for name in names if name not in MODEL_TYPES]
+    if not names or unknown:
+        raise ValueError(
+            f"OOTD_MODEL_TYPES must be a comma-separated subset of {', '.join(MODEL_TYPES)}, not {raw!r}"
+        )
+    return names
+
+
+def _resolutions(raw: str) -> tuple[str, ...]:
+    """Parse "256x192,128x96": each "HxW" a 3:4 portrait in multiples of 64 (what the model takes)."""
+    names = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+    for name in names:
+        match = re.fullmatch(r"(\d+)x(\d+)", name)
+        height, width = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+        if not match or width * 4 != height * 3 or width % 64 or height % 64 or width == 0:
+            raise ValueError(
+                f"EXTRA_RESOLUTIONS entries must be HxW, 3:4 and multiples of 64 (like 256x192), not {name!r}"
+            )
+    return names
+
+
+def _positive(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):
+    """Read a number > 0 (or >= 0) from `env[name]`, else `default`."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {raw!r}")
+    return value

@@ -1,0 +1,207 @@
+"""Getting a request's pictures in and the results out.
+
+In: an http(s) URL (fetched through the runpod SDK's SSRF guard, `rp_ssrf.safe_get`, which
+pins each connection to a validated public address and re-checks every redirect), a data URI
+or plain base64. Bytes are capped before decoding, the pixel count is checked from the header
+before any pixel is decoded (decompression bombs), and the format comes from the content, not
+from a Content-Type or file name. Messages name the field and never echo a URL's path or query,
+which often carry access tokens.
+
+Out: the `pad` fit (people are never stretched: the photo is padded to the model's 3:4 frame
+with white and the result cropped back) and PNG/JPEG/WebP encoding.
+"""
+
+import base64
+import binascii
+import io
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from PIL import Image
+from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
+
+from worker.config import MB, Settings
+from worker.errors import InputError
+from worker.schema import ImageRef
+
+log = logging.getLogger(__name__)
+
+# Formats Pillow may decode for a request (phone, web and scanner formats that this Pillow
+# build reads); anything else, however Pillow could open it, is "not a supported image".
+Image.init()
+INPUT_FORMATS = tuple(
+    name for name in ("JPEG", "PNG", "WEBP", "AVIF", "BMP", "GIF", "TIFF") if name in Image.OPEN
+)
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_ENCODE_OPTIONS = {
+    "png": {"format": "PNG", "compress_level": 6},
+    "jpeg": {"format": "JPEG", "quality": 92, "subsampling": 0},
+    "webp": {"format": "WEBP", "quality": 90, "method": 4},
+}
+_DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?)(?P<b64>;base64)?,", re.IGNORECASE)
+_CHUNK = 64 * 1024
+
+
+def read_image(ref: ImageRef, settings: Settings) -> Image.Image:
+    """Fetch or decode `ref` and return the decoded (not yet mode-converted) Pillow image."""
+    data = fetch_url(ref, settings) if ref.kind == "url" else decode_base64(ref, settings.max_input_bytes)
+    return decode_image(data, ref.field, settings.max_input_pixels)
+
+
+def fetch_url(ref: ImageRef, settings: Settings) -> bytes:
+    """Download `ref.value` with timeouts, a byte cap and few redirects; errors name the field."""
+    field, host = ref.field, urlsplit(ref.value).hostname or "no host"
+    timeout = settings.download_timeout
+    deadline = time.monotonic() + settings.download_connect_timeout + timeout
+    try:
+        response = safe_get(
+            ref.value,
+            timeout=(settings.download_connect_timeout, timeout),
+            max_bytes=settings.max_input_bytes,
+            max_redirects=settings.download_max_redirects,
+        )
+        with response:
+            if response.status_code != 200:
+                raise InputError(f"{field}: the URL on {host} answered HTTP {response.status_code}")
+            chunks = []
+            for chunk in iter_content_capped(response, _CHUNK, settings.max_input_bytes):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise requests.Timeout()
+            return b"".join(chunks)
+    except SSRFError as error:
+        raise InputError(f"{field}: {_ssrf_reason(str(error), host, settings)}") from None
+    except requests.Timeout:
+        raise InputError(f"{field}: the download from {host} timed out (limit {timeout:g} s)") from None
+    except requests.ConnectionError:
+        raise InputError(f"{field}: could not connect to {host}") from None
+    except requests.RequestException as error:
+        raise InputError(f"{field}: the download from {host} failed ({type(error).__name__})") from None
+
+
+def _ssrf_reason(message: str, host: str, settings: Settings) -> str:
+    """Turn an SSRFError (whose text holds the whole URL) into a sentence without the URL."""
+    if "size cap" in message:
+        return f"the file is larger than the {_megabytes(settings.max_input_bytes)} limit"
+    if "non-public address" in message:
+        return f"{host} is a private, loopback or link-local address, which the worker does not fetch"
+    if "could not resolve" in message or "no addresses" in message:
+        return f"could not resolve the host {host}"
+    if "maximum redirects" in message:
+        return f"the URL redirected more than {settings.download_max_redirects} times"
+    if "blocked URL scheme" in message:
+        return "only http and https URLs are allowed (also after redirects)"
+    if "proxy" in message:
+        return "the URL would go through a proxy, which the download guard refuses"
+    return "the URL was refused by the download guard"
+
+
+def decode_base64(ref: ImageRef, max_bytes: int) -> bytes:
+    """Decode a data URI or plain base64 (standard or URL-safe alphabet, padding optional)."""
+    text = ref.value
+    if ref.kind == "data_uri":
+        match = _DATA_URI.match(text)
+        if not match or not match.group("b64"):
+            raise InputError(f"{ref.field}: a data URI must be base64-encoded (data:image/png;base64,...)")
+        text = text[match.end() :]
+    # 4 characters carry 3 bytes: refuse an oversized string before decoding it (with 10% slack
+    # for line breaks; the decoded size is checked exactly below).
+    if len(text) > (max_bytes // 3 + 1) * 4 * 11 // 10 + 1024:
+        raise InputError(f"{ref.field}: the base64 data is larger than the {_megabytes(max_bytes)} limit")
+    text = "".join(text.split())
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{ref.field}: not valid base64 (nor an http(s) URL or a data URI)") from None
+    if len(data) > max_bytes:
+        raise InputError(f"{ref.field}: the image is larger than the {_megabytes(max_bytes)} limit")
+    return data
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode image bytes by content, refusing too many pixels before decoding them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+    except Image.DecompressionBombError:
+        raise InputError(f"{field}: the image has too many pixels (limit {max_pixels:,})") from None
+    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InputError(
+            f"{field}: the data is not an image in a supported format ({', '.join(INPUT_FORMATS)})"
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(
+            f"{field}: the image is {width}x{height} ({width * height / 1e6:.1f} megapixels), "
+            f"over the limit of {max_pixels / 1e6:g} megapixels"
+        )
+    if width < 1 or height < 1:
+        raise InputError(f"{field}: the image is empty ({width}x{height})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise InputError(f"{field}: the {image.format} data is truncated or corrupt") from None
+    return image
+
+
+@dataclass(frozen=True)
+class PadBox:
+    """Where the original photo sits inside its padded 3:4 canvas (pixels of the canvas)."""
+
+    canvas: tuple[int, int]
+    box: tuple[int, int, int, int]  # left, top, right, bottom
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        """Cut the original photo's region out of an output made from the canvas at any size.
+
+        The output keeps the model's resolution: the region is returned at the size it has in
+        the output, not scaled back to the input photo's size.
+        """
+        scale_x, scale_y = image.width / self.canvas[0], image.height / self.canvas[1]
+        left, top, right, bottom = self.box
+        region = (
+            round(left * scale_x),
+            round(top * scale_y),
+            round(right * scale_x),
+            round(bottom * scale_y),
+        )
+        return image.crop(region)
+
+
+def pad_to_aspect(
+    image: Image.Image, aspect: tuple[int, int], fill: int | tuple[int, ...]
+) -> tuple[Image.Image, PadBox]:
+    """Centre `image` on the smallest canvas of aspect `aspect` (W:H) that holds it."""
+    width, height = image.size
+    aspect_w, aspect_h = aspect
+    if width * aspect_h > height * aspect_w:  # too wide: add rows
+        canvas = (width, max(height, round(width * aspect_h / aspect_w)))
+    else:  # too tall: add columns
+        canvas = (max(width, round(height * aspect_w / aspect_h)), height)
+    left, top = (canvas[0] - width) // 2, (canvas[1] - height) // 2
+    padded = Image.new(image.mode, canvas, fill)
+    padded.paste(image, (left, top))
+    return padded, PadBox(canvas, (left, top, left + width, top + height))
+
+
+def encode_image(image: Image.Image, output_format: str) -> bytes:
+    """Encode an output picture as png, jpeg or webp."""
+    buffer = io.BytesIO()
+    image.save(buffer, **_ENCODE_OPTIONS[output_format])
+    return buffer.getvalue()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / MB:g} MB"

@@ -1,0 +1,285 @@
+"""One try-on job: validate -> fetch -> mask -> diffusion -> encode -> store -> result.
+
+`handle` is the whole RunPod handler minus model loading. Expected failures (bad input, an
+unusable photo, CUDA out of memory, a result too large to return) end as RunPod's
+`{"error": "<one sentence>"}`, so the caller never sees a traceback and the worker takes the
+next job; anything else is a bug and is raised for the SDK to report. Each stage is timed and
+the times are returned.
+"""
+
+import gc
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import runpod
+import torch
+from PIL import Image
+
+from preprocess import PreprocessError
+from preprocess.images import load_mask, load_rgb
+from storage import store_images
+from worker.config import MB, Settings
+from worker.errors import InputError, JobError, OutOfMemoryJobError, ResultTooLargeError
+from worker.images import (
+    CONTENT_TYPES,
+    EXTENSIONS,
+    PadBox,
+    decode_image,
+    encode_image,
+    pad_to_aspect,
+    read_image,
+)
+from worker.runtime import Runtime, house_model_photos
+from worker.schema import TryOnRequest, parse_request
+
+log = logging.getLogger(__name__)
+
+# What the model was trained on: 3:4 portraits (768x1024).
+ASPECT = (3, 4)
+WHITE = (255, 255, 255)
+
+ProgressSink = Callable[[dict], None]
+
+
+def handle(
+    job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: ProgressSink | None = None
+) -> dict:
+    """Run one RunPod job and return its result dict, or `{"error": ...}` for an expected failure."""
+    job_id = str(job.get("id") or "job")
+    try:
+        return run(job, runtime, settings, progress or runpod_progress(job))
+    except JobError as error:
+        log.warning("job %s failed: %s", job_id, error)
+        result: dict[str, Any] = {"error": str(error)}
+        if error.refresh_worker:
+            result["refresh_worker"] = True
+        return result
+
+
+def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: ProgressSink) -> dict:
+    """The job's stages; raises `JobError` for an expected failure."""
+    job_id = str(job.get("id") or "job")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    with _stage(timings, "validate"):
+        photos = house_model_photos(settings.model_images_dir)
+        request = parse_request(
+            job.get("input"),
+            person_count=len(photos),
+            loaded_model_types=runtime.model_types,
+            extra_resolutions=settings.extra_resolutions,
+        )
+    log.info("job %s: %s", job_id, _summary(request))
+
+    with _stage(timings, "fetch"):
+        person, garment, user_mask = _load_pictures(request, photos, settings)
+
+    pad: PadBox | None = None
+    if request.fit == "pad":
+        person, pad = pad_to_aspect(person, ASPECT, WHITE)
+        if user_mask is not None:
+            user_mask, _ = pad_to_aspect(user_mask, ASPECT, 0)
+
+    outputs, mask_image = _generate(runtime, request, person, garment, user_mask, progress, settings, timings)
+    if pad is not None:
+        outputs = [pad.crop(image) for image in outputs]
+        mask_image = pad.crop(mask_image)
+
+    with _stage(timings, "encode"):
+        encoded = [encode_image(image, request.output_format) for image in outputs]
+        encoded_mask = encode_image(mask_image, "png") if request.return_mask else None
+
+    with _stage(timings, "store"):
+        images, mask_entry, warnings = _store(
+            job_id, request, encoded, encoded_mask, job.get("s3Config") or None
+        )
+
+    timings["total"] = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "images": images,
+        "seed": request.seed,
+        "model_type": request.model_type,
+        "category": request.category,
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+    }
+    if mask_entry is not None:
+        result["mask"] = mask_entry
+    if warnings:
+        result["warnings"] = warnings
+    _check_size(result, settings, warnings)
+    log.info("job %s done in %.2f s: %s", job_id, timings["total"], result["timings"])
+    return result
+
+
+def _load_pictures(
+    request: TryOnRequest, photos: list, settings: Settings
+) -> tuple[Image.Image, Image.Image, Image.Image | None]:
+    """Fetch and decode the person (or house photo), the garment and the caller's mask."""
+    if request.person is not None:
+        person = load_rgb(read_image(request.person, settings))
+    else:
+        data = photos[request.person_index].read_bytes()
+        person = load_rgb(decode_image(data, "person_index", settings.max_input_pixels))
+    garment = load_rgb(read_image(request.garment, settings))
+    user_mask = None if request.mask is None else load_mask(read_image(request.mask, settings))
+    if user_mask is not None and user_mask.size != person.size:
+        # A mask is drawn over the person photo: bring it to the photo's frame before any padding.
+        user_mask = user_mask.resize(person.size, Image.Resampling.NEAREST)
+    return person, garment, user_mask
+
+
+def _generate(
+    runtime: Runtime,
+    request: TryOnRequest,
+    person: Image.Image,
+    garment: Image.Image,
+    user_mask: Image.Image | None,
+    progress: ProgressSink,
+    settings: Settings,
+    timings: dict[str, float],
+) -> tuple[list[Image.Image], Image.Image]:
+    """Mask, then diffusion: the GPU stages, where CUDA can run out of memory."""
+    try:
+        with _stage(timings, "mask"):
+            try:
+                prepared = runtime.preprocessor(
+                    person, request.model_type, request.pipeline_category, mask=user_mask, size=request.size
+                )
+            except PreprocessError as error:
+                raise InputError(f"{'mask' if user_mask is not None else 'person'}: {error}") from None
+        with _stage(timings, "diffusion"):
+            every = settings.progress_every
+            outputs = _diffuse(runtime, request, prepared.person, garment, prepared.mask, progress, every)
+        return outputs, prepared.mask
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+    # Only reached after CUDA ran out of memory. Freeing happens here, outside the except block,
+    # because until it ends the traceback keeps the failed run's frames and tensors alive.
+    _free_gpu_memory()
+    raise OutOfMemoryJobError(
+        f"the GPU ran out of memory for {request.samples} sample(s) at {request.resolution}; "
+        "try fewer samples or a smaller resolution (this worker will be restarted)"
+    )
+
+
+def _store(
+    job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config
+) -> tuple[list[dict], dict | None, list[str]]:
+    """Upload (or inline) the images and the mask; returns their entries and any warnings."""
+    stored = store_images(
+        job_id,
+        encoded,
+        extension=EXTENSIONS[request.output_format],
+        content_type=CONTENT_TYPES[request.output_format],
+        s3_config=s3_config,
+    )
+    warnings = list(stored.warnings)
+    mask_entry = None
+    if encoded_mask is not None:
+        stored_mask = store_images(
+            f"{job_id}/mask", [encoded_mask], extension="png", content_type="image/png", s3_config=s3_config
+        )
+        mask_entry = stored_mask.images[0].to_dict()
+        warnings += [message for message in stored_mask.warnings if message not in warnings]
+    return [image.to_dict() for image in stored.images], mask_entry, warnings
+
+
+def _diffuse(
+    runtime: Runtime,
+    request: TryOnRequest,
+    person: Image.Image,
+    garment: Image.Image,
+    mask: Image.Image,
+    progress: ProgressSink,
+    every: int,
+) -> list[Image.Image]:
+    """Run the pipeline, reporting progress every `every` steps (never on the last one)."""
+
+    def on_step_end(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        done = step_index + 1
+        if done % every == 0 and done < request.steps:
+            progress({"stage": "diffusion", "step": done, "steps": request.steps})
+        return callback_kwargs
+
+    width, height = request.size
+    with torch.inference_mode():
+        return runtime.pipelines[request.model_type](
+            person,
+            garment,
+            mask,
+            category=request.pipeline_category,
+            num_inference_steps=request.steps,
+            image_guidance_scale=request.guidance_scale,
+            num_images_per_prompt=request.samples,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            height=height,
+            width=width,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+        ).images
+
+
+def runpod_progress(job: Mapping[str, Any]) -> ProgressSink:
+    """Progress updates through RunPod when deployed; locally (no job-done URL) only a log line."""
+    deployed = bool(os.environ.get("RUNPOD_WEBHOOK_POST_OUTPUT"))
+
+    def send(update: dict) -> None:
+        log.info("job %s progress: %s", job.get("id"), update)
+        if deployed:
+            runpod.serverless.progress_update(dict(job), update)
+
+    return send
+
+
+def _check_size(result: dict, settings: Settings, warnings: list[str]) -> None:
+    """Refuse a result RunPod would drop (it answers 400 and the client sees no output)."""
+    size = len(json.dumps(result))
+    if size <= settings.max_inline_bytes:
+        return
+    because = f" ({'; '.join(warnings)})" if warnings else ""
+    raise ResultTooLargeError(
+        f"the result is {size / MB:.1f} MB, over the {settings.max_inline_bytes / MB:g} MB RunPod accepts "
+        f"inline{because}: configure an S3 bucket (BUCKET_ENDPOINT_URL or the job's s3Config) "
+        "or ask for output_format 'jpeg' or 'webp' or fewer samples"
+    )
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "cublas_status_alloc_failed" in text
+
+
+def _free_gpu_memory() -> None:
+    """Drop what the failed job allocated so the worker can take the next one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _summary(request: TryOnRequest) -> str:
+    """A log line about the request that holds no URL path, query or image data."""
+    person = request.person.describe() if request.person else f"house model {request.person_index}"
+    mask = f", mask {request.mask.describe()}" if request.mask else ""
+    return (
+        f"{request.model_type}/{request.category} {request.resolution} fit={request.fit} "
+        f"steps={request.steps} samples={request.samples} seed={request.seed}; "
+        f"person {person}, garment {request.garment.describe()}{mask}"
+    )
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start

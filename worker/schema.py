@@ -1,0 +1,343 @@
+"""Validation of a job's `input` into a typed `TryOnRequest`, before any model work.
+
+RunPod's `rp_validator` skips range checks whenever a value has the type of its default (see
+the conventions reference), so every type, range and enum is checked here by hand. All
+problems are collected and reported together in one sentence, each naming its field, so a
+caller fixes a request in one round trip. The seed Flask API's field names are accepted as
+aliases so that its clients can move over unchanged.
+"""
+
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ootd.layout import MODEL_TYPES
+from worker.errors import InputError
+
+CATEGORIES = ("upper_body", "lower_body", "dress")
+# What the pipeline calls each category (the published DressCode name for dresses).
+PIPELINE_CATEGORY = {"upper_body": "upper_body", "lower_body": "lower_body", "dress": "dresses"}
+_CATEGORY_SPELLINGS = {
+    "upper_body": "upper_body", "upperbody": "upper_body", "upper": "upper_body",
+    "lower_body": "lower_body", "lowerbody": "lower_body", "lower": "lower_body",
+    "dress": "dress", "dresses": "dress",
+}  # fmt: skip
+RESOLUTIONS = {"1024x768": (768, 1024), "768x576": (576, 768), "512x384": (384, 512)}  # "HxW": (W, H)
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+FITS = ("pad", "stretch")
+
+STEPS_RANGE = (1, 50)
+SAMPLES_RANGE = (1, 4)
+GUIDANCE_RANGE = (1.0, 5.0)
+MAX_SEED = 2**63 - 1
+RANDOM_SEED_BOUND = 2**32
+
+# Field name -> default (None: no default / optional).
+FIELDS: dict[str, Any] = {
+    "person": None,
+    "person_index": None,
+    "garment": None,
+    "mask": None,
+    "model_type": "hd",
+    "category": "upper_body",
+    "steps": 20,
+    "samples": 1,
+    "seed": None,
+    "guidance_scale": 2.0,
+    "output_format": "png",
+    "return_mask": False,
+    "resolution": "1024x768",
+    "fit": "pad",
+}
+# The seed Flask API's names -> the new names (`category` and `seed` kept their names).
+ALIASES = {
+    "modelType": "model_type",
+    "modelSelection": "person_index",
+    "nSteps": "steps",
+    "nSamples": "samples",
+    "imageScale": "guidance_scale",
+}
+
+_IMAGE_FORMS = "an http(s) URL, base64 or a data URI"
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image named by the request: `kind` is "url", "data_uri" or "base64"."""
+
+    field: str
+    kind: str
+    value: str
+
+    def describe(self) -> str:
+        """A log-safe description: never the URL's path, query or user info (they may carry tokens)."""
+        if self.kind == "url":
+            return f"a URL on {urlsplit(self.value).hostname or 'no host'}"
+        return f"{len(self.value)} characters of {self.kind.replace('_', ' ')}"
+
+
+@dataclass(frozen=True)
+class TryOnRequest:
+    """A validated try-on job. `size` is (width, height) of the diffusion output."""
+
+    garment: ImageRef
+    person: ImageRef | None = None
+    person_index: int | None = None
+    mask: ImageRef | None = None
+    model_type: str = "hd"
+    category: str = "upper_body"
+    steps: int = 20
+    samples: int = 1
+    seed: int = 0
+    guidance_scale: float = 2.0
+    output_format: str = "png"
+    return_mask: bool = False
+    resolution: str = "1024x768"
+    fit: str = "pad"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) from the "HxW" resolution name."""
+        height, width = (int(side) for side in self.resolution.split("x"))
+        return width, height
+
+    @property
+    def pipeline_category(self) -> str:
+        return PIPELINE_CATEGORY[self.category]
+
+
+def parse_request(
+    raw: Any,
+    *,
+    person_count: int | None = None,
+    loaded_model_types: Sequence[str] = MODEL_TYPES,
+    extra_resolutions: Sequence[str] = (),
+) -> TryOnRequest:
+    """Validate a job's `input` and return the request, or raise `InputError` listing every problem.
+
+    `person_count` is how many house model photos exist (for `person_index`); `None` skips that
+    bound. `loaded_model_types` are the model types this worker has loaded; `extra_resolutions`
+    are "HxW" sizes the operator allowed beyond the published ones (small sizes for CPU tests).
+    """
+    if not isinstance(raw, Mapping):
+        raise InputError(
+            f"input must be a JSON object with the job's fields, not {_json_type(raw)}; "
+            f"valid fields are {_field_list()}"
+        )
+    errors: list[str] = []
+    fields = _Fields(raw, errors)
+    out: dict[str, Any] = {}
+
+    # Images: exactly one person source; the garment is required; the mask is optional.
+    has_person, has_index = fields.get("person") is not None, fields.get("person_index") is not None
+    if not has_person and not has_index:
+        errors.append(f"person is required ({_IMAGE_FORMS}), or give person_index")
+    elif has_person and has_index:
+        errors.append(f"give either person or {fields.name('person_index')}, not both")
+    if has_person:
+        out["person"] = _image_ref(fields, "person", errors)
+    if has_index:
+        out["person_index"] = _person_index(fields, person_count, errors)
+    if fields.get("garment") is None:
+        errors.append(f"garment is required ({_IMAGE_FORMS})")
+    else:
+        out["garment"] = _image_ref(fields, "garment", errors)
+    if fields.get("mask") is not None:
+        out["mask"] = _image_ref(fields, "mask", errors)
+
+    model_type = out["model_type"] = _choice(fields, "model_type", MODEL_TYPES, errors, lower=True)
+    category = out["category"] = _category(fields, errors)
+    if model_type is not None and model_type not in loaded_model_types:
+        loaded = ", ".join(loaded_model_types)
+        errors.append(f"model_type {model_type!r} is not loaded on this worker (loaded: {loaded})")
+    if model_type == "hd" and category not in (None, "upper_body"):
+        errors.append(
+            f"model_type 'hd' supports only category 'upper_body', not {category!r} "
+            "(use model_type 'dc' for lower_body or dress)"
+        )
+    out["steps"] = _integer(fields, "steps", *STEPS_RANGE, errors)
+    out["samples"] = _integer(fields, "samples", *SAMPLES_RANGE, errors)
+    out["seed"] = _seed(fields, errors)
+    out["guidance_scale"] = _number(fields, "guidance_scale", *GUIDANCE_RANGE, errors)
+    out["output_format"] = _choice(fields, "output_format", OUTPUT_FORMATS, errors, lower=True)
+    out["resolution"] = _choice(fields, "resolution", (*RESOLUTIONS, *extra_resolutions), errors)
+    out["fit"] = _choice(fields, "fit", FITS, errors, lower=True)
+    out["return_mask"] = _boolean(fields, "return_mask", errors)
+
+    if errors:
+        raise InputError("invalid input: " + "; ".join(errors))
+    return TryOnRequest(**{key: value for key, value in out.items() if value is not None})
+
+
+class _Fields:
+    """The input's values under their new names, remembering which spelling the caller used.
+
+    Unknown keys and a field given under both its name and its alias are recorded as errors.
+    Messages name the key the caller sent (e.g. `nSteps`), which is what they will look for.
+    """
+
+    def __init__(self, raw: Mapping, errors: list[str]) -> None:
+        self.values: dict[str, Any] = {}
+        self.names: dict[str, str] = {}
+        unknown = [str(key) for key in raw if key not in FIELDS and key not in ALIASES]
+        if unknown:
+            errors.append(
+                f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                f"(valid fields are {_field_list()})"
+            )
+        for key, value in raw.items():
+            field = ALIASES.get(key, key)
+            if field not in FIELDS:
+                continue
+            if field in self.names:
+                errors.append(f"{self.names[field]} and {key} are the same field; give only one")
+                continue
+            self.values[field], self.names[field] = value, key
+
+    def get(self, field: str) -> Any:
+        return self.values.get(field)
+
+    def name(self, field: str) -> str:
+        return self.names.get(field, field)
+
+
+def _field_list() -> str:
+    aliases = ", ".join(f"{alias} (= {target})" for alias, target in ALIASES.items())
+    return f"{', '.join(FIELDS)}, and the seed API's aliases {aliases}"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _image_ref(fields: _Fields, field: str, errors: list[str]) -> ImageRef | None:
+    """Classify an image field as URL, data URI or plain base64 (decoded later, before models)."""
+    value = fields.get(field)
+    if not isinstance(value, str):
+        errors.append(f"{field} must be a string ({_IMAGE_FORMS}), not {_json_type(value)}")
+        return None
+    text = value.strip()
+    if not text:
+        errors.append(f"{field} is empty")
+        return None
+    scheme = _URL_SCHEME.match(text)
+    if scheme and scheme.group(1).lower() == "data":
+        return ImageRef(field, "data_uri", text)
+    if scheme and text[scheme.end() : scheme.end() + 2] == "//":
+        if scheme.group(1).lower() not in ("http", "https"):
+            errors.append(f"{field}: {scheme.group(1)}:// URLs are not allowed (use {_IMAGE_FORMS})")
+            return None
+        return ImageRef(field, "url", text)
+    return ImageRef(field, "base64", text)
+
+
+def _person_index(fields: _Fields, person_count: int | None, errors: list[str]) -> int | None:
+    """The 0-based house model index; the seed API's `modelSelection` counts from 1."""
+    name = fields.name("person_index")
+    base = 1 if name == "modelSelection" else 0
+    value = fields.get("person_index")
+    index = _as_int(value)
+    if person_count == 0:
+        errors.append(f"{name} cannot be used: no house model photos are installed")
+        return None
+    high = None if person_count is None else person_count - 1 + base
+    if index is None or index < base or (high is not None and index > high):
+        bound = f"from {base} to {high}" if high is not None else f">= {base}"
+        errors.append(f"{name} must be an integer {bound}, not {value!r}")
+        return None
+    return index - base
+
+
+def _choice(fields: _Fields, field: str, options: tuple[str, ...], errors: list[str], *, lower: bool = False):
+    value = fields.get(field)
+    if value is None:
+        return FIELDS[field]
+    if isinstance(value, str):
+        key = value.strip().lower() if lower else value.strip()
+        if field == "output_format" and key == "jpg":
+            key = "jpeg"
+        if key in options:
+            return key
+    errors.append(f"{fields.name(field)} must be one of {', '.join(options)}, not {value!r}")
+    return None
+
+
+def _category(fields: _Fields, errors: list[str]) -> str | None:
+    value = fields.get("category")
+    if value is None:
+        return FIELDS["category"]
+    if isinstance(value, str) and value.strip().lower() in _CATEGORY_SPELLINGS:
+        return _CATEGORY_SPELLINGS[value.strip().lower()]
+    index = _as_int(value)
+    if index is not None and 0 <= index < len(CATEGORIES):
+        return CATEGORIES[index]
+    errors.append(f"category must be one of {', '.join(CATEGORIES)} (or 0, 1, 2), not {value!r}")
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    """An int from a JSON number (20 or 20.0); None for booleans, fractions and anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _integer(fields: _Fields, field: str, low: int, high: int, errors: list[str]) -> int | None:
+    value = fields.get(field)
+    if value is None:
+        return FIELDS[field]
+    number = _as_int(value)
+    if number is None or not low <= number <= high:
+        errors.append(f"{fields.name(field)} must be an integer from {low} to {high}, not {value!r}")
+        return None
+    return number
+
+
+def _number(fields: _Fields, field: str, low: float, high: float, errors: list[str]) -> float | None:
+    value = fields.get(field)
+    if value is None:
+        return FIELDS[field]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        errors.append(f"{fields.name(field)} must be a number from {low} to {high}, not {value!r}")
+        return None
+    return float(value)
+
+
+def _boolean(fields: _Fields, field: str, errors: list[str]) -> bool | None:
+    value = fields.get(field)
+    if value is None:
+        return FIELDS[field]
+    if not isinstance(value, bool):
+        errors.append(f"{field} must be true or false, not {value!r}")
+        return None
+    return value
+
+
+def _seed(fields: _Fields, errors: list[str]) -> int | None:
+    """The request's seed, or a fresh random one for an absent seed or -1 (returned to the caller)."""
+    value = fields.get("seed")
+    if value is None or _as_int(value) == -1:
+        return secrets.randbelow(RANDOM_SEED_BOUND)
+    seed = _as_int(value)
+    if seed is None or not 0 <= seed <= MAX_SEED:
+        errors.append(f"seed must be an integer from 0 to {MAX_SEED} (or -1 for a random one), not {value!r}")
+        return None
+    return seed
