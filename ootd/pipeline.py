@@ -1,0 +1,570 @@
+"""`OOTDiffusionPipeline`: the published OOTDiffusion try-on maths on stock diffusers.
+
+What runs per request, in the published order (see the architecture reference, sections 3-4):
+
+1. person and garment -> RGB -> width x height; the pipeline makes the gray-127 masked person;
+2. prompt embeddings: HD = text states of "" (2 tokens) with position 1 replaced by the garment's
+   CLIP image embedding; DC = text states of the category word (3 tokens) + the image embedding;
+3. VAE `mode()` latents (unscaled) of the garment, the masked person and the person;
+4. the garment UNet once at t=0 on [garment ; zero garment] (`GarmentFusion`);
+5. UniPC (bh2, order 2, Karras, final sigma = sigma_min) with garment-only guidance
+   eps = eps(zero garment) + s * (eps(garment) - eps(zero garment)), and after every step a latent
+   repaint of the unmasked area with the original latent noised to the next timestep with the
+   initial noise (the clean original after the last step);
+6. VAE decode, one image at a time.
+
+Where this deliberately differs from the published code (same maths, less work): at guidance
+scale exactly 1 only the conditional half runs; the garment UNet runs on 2 rows instead of 2N;
+the garment-query rows of the fused self-attention are never computed.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+import transformers
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from ootd import layout
+from ootd.fusion import GarmentFusion
+
+CATEGORIES: tuple[str, ...] = ("upper_body", "lower_body", "dresses")
+# The words the published DC model was conditioned on; only the first BPE piece survives the
+# 3-token truncation ("upperbody" -> "upper"), exactly as in the published code.
+DC_PROMPT_WORDS: dict[str, str] = {"upper_body": "upperbody", "lower_body": "lowerbody", "dresses": "dress"}
+HD_PROMPT_LENGTH = 2
+DC_PROMPT_LENGTH = 3
+MAX_SAMPLES = 4
+MAX_STEPS = 1000
+MAX_SIDE = 2048
+SIZE_MULTIPLE = 64
+OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "latent")
+MASK_GRAY = (127, 127, 127)
+MASK_THRESHOLD = 127
+# CLIP's text tower shares the hub file with the vision tower; loading only the vision half
+# leaves these keys unused, which is expected and not an error.
+CLIP_TEXT_TOWER_PREFIXES: tuple[str, ...] = ("text_model.", "text_projection.", "logit_scale")
+
+
+def build_scheduler(config: dict[str, Any]) -> UniPCMultistepScheduler:
+    """UniPC from the checkpoint's (DPMSolverMultistep) scheduler config, as the published code did.
+
+    `solver_type: midpoint` becomes bh2, `use_karras_sigmas` and `solver_order: 2` carry over.
+    `final_sigmas_type="sigma_min"` reproduces diffusers 0.24; newer releases default to "zero",
+    which moves the final latents by ~1 (fidelity notes).
+    """
+    return UniPCMultistepScheduler.from_config(config, final_sigmas_type="sigma_min")
+
+
+def resolve_device_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
+    """CUDA + float16 when available, else CPU + float32; either can be overridden."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers 5 prints a long table for expected unused keys (the loader checks them itself)
+    and a progress bar per model."""
+    previous = transformers.logging.get_verbosity()
+    bars = transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(previous)
+        if bars:
+            transformers.logging.enable_progress_bar()
+
+
+def _raise_on_bad_keys(what: str, info: dict[str, Any], allowed_unexpected: Sequence[str] = ()) -> None:
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(
+        k for k in info.get("unexpected_keys") or [] if not k.startswith(tuple(allowed_unexpected))
+    )
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or unexpected or mismatched:
+        raise RuntimeError(
+            f"{what}: checkpoint does not match the model: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)}), "
+            f"mismatched {mismatched[:5]} ({len(mismatched)})"
+        )
+
+
+@dataclass
+class SharedComponents:
+    """The parts both model types use: loaded once, shared by the HD and DC pipelines."""
+
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    image_encoder: CLIPVisionModelWithProjection
+    image_processor: CLIPImageProcessorPil
+    scheduler_config: dict[str, Any]
+
+
+def _check_files(root: Path, model_types: Sequence[str]) -> None:
+    for model_type in model_types:
+        layout.check_model_type(model_type)
+    missing = layout.missing_files(root, layout.ootd_files(tuple(model_types)))
+    if missing:
+        raise FileNotFoundError(f"checkpoint tree {root} lacks {len(missing)} files, e.g. {missing[:3]}")
+
+
+def load_shared_components(
+    root: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> SharedComponents:
+    """Load VAE (`dtype`), text encoder + CLIP image encoder (float32, as published), tokenizer,
+    CLIP image processor and the scheduler config from local files only."""
+    root = Path(root)
+    device, dtype = resolve_device_dtype(device, dtype)
+    vae, info = AutoencoderKL.from_pretrained(
+        root / layout.VAE_DIR,
+        torch_dtype=dtype,
+        use_safetensors=False,  # the hub holds only an fp32 .bin here
+        local_files_only=True,
+        output_loading_info=True,
+    )
+    _raise_on_bad_keys("vae", info)
+    with _quiet_transformers():
+        text_encoder, info = CLIPTextModel.from_pretrained(
+            root / layout.TEXT_ENCODER_DIR,
+            dtype=torch.float32,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+        _raise_on_bad_keys("text_encoder", info)
+        image_encoder, info = CLIPVisionModelWithProjection.from_pretrained(
+            root / layout.CLIP_DIR, dtype=torch.float32, local_files_only=True, output_loading_info=True
+        )
+        _raise_on_bad_keys("image_encoder", info, allowed_unexpected=CLIP_TEXT_TOWER_PREFIXES)
+        # The PIL backend explicitly: its pixel values match the published processor's, and the
+        # torchvision one (picked whenever torchvision is installed) is untested for parity.
+        image_processor = CLIPImageProcessorPil.from_pretrained(root / layout.CLIP_DIR, local_files_only=True)
+    # Always from the folder: building a transformers-5 CLIPTokenizer from file arguments
+    # silently yields a 3-token vocabulary (environment notes).
+    tokenizer = CLIPTokenizer.from_pretrained(root / layout.TOKENIZER_DIR, local_files_only=True)
+    scheduler_config = dict(
+        UniPCMultistepScheduler.load_config(root / layout.SCHEDULER_DIR, local_files_only=True)
+    )
+    return SharedComponents(
+        vae=vae.to(device).eval(),
+        text_encoder=text_encoder.to(device).eval(),
+        tokenizer=tokenizer,
+        image_encoder=image_encoder.to(device).eval(),
+        image_processor=image_processor,
+        scheduler_config=scheduler_config,
+    )
+
+
+def load_unets(
+    root: str | Path,
+    model_type: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[UNet2DConditionModel, UNet2DConditionModel]:
+    """The garment and try-on UNets of one model type as stock `UNet2DConditionModel`s."""
+    root = Path(root)
+    device, dtype = resolve_device_dtype(device, dtype)
+    unets = []
+    for which in ("unet_garm", "unet_vton"):
+        unet, info = UNet2DConditionModel.from_pretrained(
+            root / layout.unet_dir(model_type, which),
+            torch_dtype=dtype,
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+        _raise_on_bad_keys(f"{model_type}/{which}", info)
+        unets.append(unet.to(device).eval())
+    return unets[0], unets[1]
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """RGB copy of any PIL image; transparency is flattened onto white (the published code would
+    have fed 4 channels to the VAE, and garments are shot on white)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def masked_person_image(person: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
+    """The person with the area to repaint filled with gray 127, as the published run script did."""
+    return PIL.Image.composite(PIL.Image.new("RGB", person.size, MASK_GRAY), person, mask)
+
+
+_PIXEL_PROCESSOR = VaeImageProcessor(vae_scale_factor=8, do_resize=False)
+
+
+def image_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [-1, 1] from diffusers' own `VaeImageProcessor.preprocess`.
+
+    Not just the same values: the same memory layout too. The published pipeline feeds the VAE
+    this channels-last-strided tensor, and CPU convolutions round differently on a contiguous
+    one; measured against the published pipeline on the tiny checkpoints, a contiguous input
+    shifted the masked-person latents by 5e-4 and the 3-step result by 8e-3 (vs 3e-5 with this).
+    """
+    return _PIXEL_PROCESSOR.preprocess(image)
+
+
+def mask_to_tensor(mask: PIL.Image.Image) -> torch.Tensor:
+    """(1, 1, H, W) float32: 1 where mask >= 127 (repaint), else 0."""
+    array = (np.asarray(mask) >= MASK_THRESHOLD).astype(np.float32)
+    return torch.from_numpy(array)[None, None]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+class OOTDiffusionPipeline(DiffusionPipeline):
+    """Virtual try-on: person + garment + mask -> images of the person wearing the garment.
+
+    Components: `vae`, `text_encoder`, `tokenizer`, `image_encoder` (CLIP vision + projection),
+    `image_processor` (CLIP), `unet_garm` and `unet_vton` (stock `UNet2DConditionModel`s wired
+    together by `GarmentFusion`) and `scheduler` (UniPC). `model_type` is "hd" (VITON-HD, upper
+    body only) or "dc" (Dress Code: upper body, lower body, dresses).
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet_garm->unet_vton->vae"
+    _callback_tensor_inputs: ClassVar[list[str]] = ["latents", "noise", "mask_latents", "original_latents"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        image_encoder: CLIPVisionModelWithProjection,
+        image_processor: CLIPImageProcessorPil,
+        unet_garm: UNet2DConditionModel,
+        unet_vton: UNet2DConditionModel,
+        scheduler: UniPCMultistepScheduler,
+        model_type: str = "hd",
+    ) -> None:
+        super().__init__()
+        layout.check_model_type(model_type)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+            unet_garm=unet_garm,
+            unet_vton=unet_vton,
+            scheduler=scheduler,
+        )
+        self.register_to_config(model_type=model_type)
+        self.model_type = model_type
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.fusion = GarmentFusion.attach(unet_garm, unet_vton)
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_checkpoints(
+        cls,
+        root: str | Path,
+        model_type: str = "hd",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> OOTDiffusionPipeline:
+        """Load one model type from the published tree under `root` (local files only).
+
+        `dtype` applies to the UNets and the VAE (default float16 on CUDA, float32 on CPU); the
+        CLIP text and image encoders stay float32 as in the published code.
+        """
+        return load_pipelines(root, model_types=(model_type,), device=device, dtype=dtype)[model_type]
+
+    # ------------------------------------------------------------------------------ conditioning
+    def _text_states(self, text: str, max_length: int, device: torch.device) -> torch.Tensor:
+        ids = self.tokenizer(
+            [text], max_length=max_length, padding="max_length", truncation=True, return_tensors="pt"
+        ).input_ids
+        return self.text_encoder(ids.to(device))[0]
+
+    def encode_prompt(self, garment: PIL.Image.Image, category: str) -> torch.Tensor:
+        """(1, T, D) float32 prompt embeddings of one request: HD T=2, DC T=4 (see module doc)."""
+        device = self.text_encoder.device
+        pixels = self.image_processor(images=garment, return_tensors="pt").pixel_values
+        image_embeds = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds.unsqueeze(
+            1
+        )
+        if self.model_type == "hd":
+            states = self._text_states("", HD_PROMPT_LENGTH, device).clone()
+            states[:, 1:] = image_embeds
+            return states
+        states = self._text_states(DC_PROMPT_WORDS[category], DC_PROMPT_LENGTH, device)
+        return torch.cat([states, image_embeds.to(states.dtype)], dim=1)
+
+    def encode_image(self, image: PIL.Image.Image) -> torch.Tensor:
+        """Unscaled VAE latent `mode()` of one RGB image, (1, 4, H/8, W/8) in the VAE's dtype."""
+        pixels = image_to_tensor(image).to(self._execution_device, self.vae.dtype)
+        return self.vae.encode(pixels).latent_dist.mode()
+
+    # -------------------------------------------------------------------------------- validation
+    def check_inputs(
+        self,
+        person: Any,
+        garment: Any,
+        mask: Any,
+        category: Any,
+        num_inference_steps: Any,
+        image_guidance_scale: Any,
+        num_images_per_prompt: Any,
+        generator: Any,
+        height: Any,
+        width: Any,
+        output_type: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Any,
+    ) -> None:
+        """Raise ValueError naming the first bad argument."""
+        for name, image in (("person", person), ("garment", garment), ("mask", mask)):
+            if not isinstance(image, PIL.Image.Image):
+                raise ValueError(f"`{name}` must be a PIL image, got {type(image).__name__}")
+        if mask.mode != "L":
+            raise ValueError(
+                f"`mask` must be a PIL image of mode 'L' (255 = repaint), got mode {mask.mode!r}"
+            )
+        if category not in CATEGORIES:
+            raise ValueError(f"`category` must be one of {', '.join(CATEGORIES)}, got {category!r}")
+        if self.model_type == "hd" and category != "upper_body":
+            raise ValueError(
+                f"`category` {category!r} is not supported by the HD model, which supports only upper_body; "
+                "use model_type 'dc' for lower_body and dresses"
+            )
+        if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_STEPS:
+            raise ValueError(
+                f"`num_inference_steps` must be an integer in 1..{MAX_STEPS}, got {num_inference_steps!r}"
+            )
+        if (
+            not isinstance(image_guidance_scale, int | float | np.floating)
+            or isinstance(image_guidance_scale, bool)
+            or not math.isfinite(image_guidance_scale)
+            or image_guidance_scale < 0
+        ):
+            raise ValueError(
+                f"`image_guidance_scale` must be a finite number >= 0, got {image_guidance_scale!r}"
+            )
+        if not _is_int(num_images_per_prompt) or not 1 <= num_images_per_prompt <= MAX_SAMPLES:
+            raise ValueError(
+                f"`num_images_per_prompt` must be an integer in 1..{MAX_SAMPLES}, "
+                f"got {num_images_per_prompt!r}"
+            )
+        seed_ok = _is_int(generator) and generator >= 0
+        if generator is not None and not isinstance(generator, torch.Generator) and not seed_ok:
+            raise ValueError(f"`generator` must be a torch.Generator, a seed >= 0 or None, got {generator!r}")
+        for name, side in (("height", height), ("width", width)):
+            if not _is_int(side) or not SIZE_MULTIPLE <= side <= MAX_SIDE or side % SIZE_MULTIPLE:
+                raise ValueError(
+                    f"`{name}` must be a multiple of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_SIDE}, "
+                    f"got {side!r}"
+                )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError("`callback_on_step_end` must be callable or None")
+        unknown = [
+            name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs
+        ]
+        if unknown:
+            raise ValueError(
+                "`callback_on_step_end_tensor_inputs` must be among "
+                f"{self._callback_tensor_inputs}, got {unknown}"
+            )
+
+    # -------------------------------------------------------------------------------------- call
+    @torch.inference_mode()
+    def __call__(
+        self,
+        person: PIL.Image.Image,
+        garment: PIL.Image.Image,
+        mask: PIL.Image.Image,
+        category: str = "upper_body",
+        num_inference_steps: int = 20,
+        image_guidance_scale: float = 2.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | int | None = None,
+        height: int = 1024,
+        width: int = 768,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> ImagePipelineOutput:
+        """Dress `person` in `garment` inside `mask` (PIL "L", 255 = repaint).
+
+        `generator`: a torch.Generator (use `torch.Generator("cpu")` for device-independent noise),
+        an integer seed, or None for a random seed. `callback_on_step_end(pipe, step_index,
+        timestep, callback_kwargs)` runs after every step (after the repaint) with the tensors
+        named in `callback_on_step_end_tensor_inputs`; a returned "latents" replaces the latents.
+        Returns `.images`: a list of PIL images, an (N, H, W, 3) float array in [0, 1], or the
+        (N, 4, H/8, W/8) latents (scaled as the UNet sees them), by `output_type`.
+
+        As in the published code, a 1-step Karras schedule starts and ends at sigma_max, so
+        `num_inference_steps=1` returns the initial noise inside the mask: use 2 or more.
+        """
+        self.check_inputs(
+            person, garment, mask, category, num_inference_steps, image_guidance_scale,
+            num_images_per_prompt, generator, height, width, output_type, callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        if generator is None:
+            generator = secrets.randbelow(2**31)
+        if not isinstance(generator, torch.Generator):
+            generator = torch.Generator("cpu").manual_seed(int(generator))
+
+        device = self._execution_device
+        dtype = self.unet_vton.dtype
+        samples = num_images_per_prompt
+        guided = image_guidance_scale > 1.0
+        scaling = self.vae.config.scaling_factor
+
+        # Images as published: stretched to width x height (PIL's default bicubic), gray-127 fill.
+        size = (width, height)
+        person = to_rgb(person).resize(size, PIL.Image.BICUBIC)
+        garment = to_rgb(garment).resize(size, PIL.Image.BICUBIC)
+        if mask.size != size:
+            mask = mask.resize(size, PIL.Image.NEAREST)
+        masked_person = masked_person_image(person, mask)
+
+        prompt_embeds = self.encode_prompt(garment, category).to(device, dtype)
+        garment_latents = self.encode_image(garment).to(dtype)
+        person_latents = self.encode_image(masked_person).to(dtype)
+        original_latents = self.encode_image(person).to(dtype)
+        mask_latents = F.interpolate(mask_to_tensor(mask), size=person_latents.shape[-2:]).to(device, dtype)
+
+        # Repeat with torch.cat, as published: it keeps the VAE output's memory layout, and the
+        # convolutions round differently on a layout change (fidelity notes).
+        garment_batch = torch.cat([garment_latents], dim=0)
+        if guided:
+            garment_batch = torch.cat([garment_batch, torch.zeros_like(garment_batch)], dim=0)
+        groups = garment_batch.shape[0]
+        batch_embeds = prompt_embeds.repeat(1, samples, 1).view(samples, prompt_embeds.shape[1], -1)
+        person_latents = torch.cat([person_latents] * samples, dim=0)
+        original_latents = torch.cat([original_latents] * samples, dim=0) * scaling
+        mask_latents = torch.cat([mask_latents] * samples, dim=0)
+        if guided:
+            batch_embeds = torch.cat([batch_embeds, batch_embeds])
+            person_latents = torch.cat([person_latents] * 2, dim=0)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # With a begin index, add_noise uses the scheduler's own step counter, i.e. exactly the
+        # sigma of the next step. Looking the timestep up instead (the published code did) picks
+        # the wrong sigma, or in diffusers 0.24 crashes, once Karras rounding repeats timesteps
+        # (45 steps and more); below that both give the same index.
+        self.scheduler.set_begin_index(0)
+        timesteps = self.scheduler.timesteps
+        shape = (samples, self.unet_vton.config.out_channels, *person_latents.shape[-2:])
+        noise = (
+            randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            * self.scheduler.init_noise_sigma
+        )
+        latents = noise.clone()
+
+        try:
+            self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
+            with self.progress_bar(total=len(timesteps)) as progress_bar:
+                for index, timestep in enumerate(timesteps):
+                    model_input = torch.cat([latents] * 2) if guided else latents
+                    model_input = self.scheduler.scale_model_input(model_input, timestep)
+                    eps = self.unet_vton(
+                        torch.cat([model_input, person_latents], dim=1),
+                        timestep,
+                        encoder_hidden_states=batch_embeds,
+                        return_dict=False,
+                    )[0]
+                    if guided:
+                        eps_garment, eps_zero = eps.chunk(2)
+                        eps = eps_zero + image_guidance_scale * (eps_garment - eps_zero)
+                    latents = self.scheduler.step(eps, timestep, latents, return_dict=False)[0]
+
+                    # Repaint: outside the mask, the original latent at the noise level of the next step.
+                    known = original_latents
+                    if index < len(timesteps) - 1:
+                        known = self.scheduler.add_noise(
+                            original_latents, noise, timesteps[index + 1 : index + 2]
+                        )
+                    latents = (1 - mask_latents) * known + mask_latents * latents
+
+                    if callback_on_step_end is not None:
+                        available = {
+                            "latents": latents,
+                            "noise": noise,
+                            "mask_latents": mask_latents,
+                            "original_latents": original_latents,
+                        }
+                        callback_kwargs = {
+                            name: available[name] for name in callback_on_step_end_tensor_inputs
+                        }
+                        outputs = callback_on_step_end(self, index, timestep, callback_kwargs) or {}
+                        latents = outputs.pop("latents", latents)
+                    progress_bar.update()
+        finally:
+            self.fusion.clear()
+
+        if output_type == "latent":
+            images: Any = latents
+        else:
+            # One image at a time: decoding 4 samples at once needs 4x the decoder activations.
+            decoded = [
+                self.vae.decode(latents[i : i + 1].to(self.vae.dtype) / scaling, return_dict=False)[0]
+                for i in range(samples)
+            ]
+            images = self.vae_image_processor.postprocess(torch.cat(decoded), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images)
+
+
+def load_pipelines(
+    root: str | Path,
+    model_types: Sequence[str] = layout.MODEL_TYPES,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, OOTDiffusionPipeline]:
+    """One pipeline per model type, sharing one VAE, text encoder, tokenizer, CLIP image encoder
+    and processor (loaded once); each gets its own scheduler (it keeps per-run state)."""
+    root = Path(root)
+    model_types = tuple(model_types)
+    if not model_types:
+        raise ValueError("`model_types` must name at least one of hd, dc")
+    _check_files(root, model_types)
+    device, dtype = resolve_device_dtype(device, dtype)
+    shared = load_shared_components(root, device, dtype)
+    pipelines: dict[str, OOTDiffusionPipeline] = {}
+    for model_type in model_types:
+        unet_garm, unet_vton = load_unets(root, model_type, device, dtype)
+        pipelines[model_type] = OOTDiffusionPipeline(
+            vae=shared.vae,
+            text_encoder=shared.text_encoder,
+            tokenizer=shared.tokenizer,
+            image_encoder=shared.image_encoder,
+            image_processor=shared.image_processor,
+            unet_garm=unet_garm,
+            unet_vton=unet_vton,
+            scheduler=build_scheduler(shared.scheduler_config),
+            model_type=model_type,
+        )
+    return pipelines
