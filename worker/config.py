@@ -23,7 +23,7 @@ MB = 1_000_000
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the worker reads from its environment (see docs/api.md for the names)."""
+    """Everything the worker reads from its environment (the README lists the names)."""
 
     checkpoints_dir: Path = Path(DEFAULT_CHECKPOINTS_DIR)
     model_types: tuple[str, ...] = MODEL_TYPES
