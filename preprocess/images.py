@@ -25,12 +25,8 @@ def load_rgb(image: Image.Image) -> Image.Image:
         return image.copy()
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return _to_8bit_grey(image).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    if _has_alpha(image):
+        return _flatten(image, (255, 255, 255)).convert("RGB")
     # CMYK, YCbCr, LAB, HSV, L, 1, P without transparency, RGBX: Pillow's own conversions.
     return image.convert("RGB")
 
@@ -44,13 +40,19 @@ def load_mask(image: Image.Image) -> Image.Image:
     image = _upright(image)
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return _to_8bit_grey(image)
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("L")
+    if _has_alpha(image):
+        return _flatten(image, (0, 0, 0)).convert("L")
     return image.convert("L")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
+def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Composite an image with transparency over an opaque `background` colour (RGBA result)."""
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba)
 
 
 def _upright(image: Image.Image) -> Image.Image:
