@@ -8,9 +8,11 @@ nothing, so tests can call `handler` directly (the models then load on the first
 """
 
 import logging
+import os
 import sys
 
 import runpod
+from runpod.serverless.modules.rp_logger import RunPodLogger
 
 from worker.config import Settings
 from worker.job import handle
@@ -26,6 +28,10 @@ def handler(job: dict) -> dict:
 def main() -> None:
     """Load the models before the first job (so cold start is paid once, at start-up), then serve."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL")):
+        # The SDK defaults to DEBUG, where it logs whole jobs, per-job s3Config secrets included.
+        # `--rp_log_level` or RUNPOD_LOG_LEVEL still choose another level explicitly.
+        RunPodLogger().set_level("INFO")
     try:
         get_runtime(Settings.from_env())
     except (WeightsMissingError, ValueError) as error:

@@ -29,7 +29,8 @@ TEST_INPUT = REPO / "test_input.json"
 
 
 def worker_env(tiny_root: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "RUNPOD_WEBHOOK"))}
+    inherited = ("BUCKET_", "RUNPOD_WEBHOOK", "RUNPOD_LOG", "RUNPOD_DEBUG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     env.update(
         CHECKPOINTS_DIR=str(tiny_root),
         EXTRA_RESOLUTIONS="256x192",
@@ -58,12 +59,15 @@ def test_handler_test_input_end_to_end_at_768x1024(tiny_root: Path, s3_server, s
     job = json.loads(TEST_INPUT.read_text())
     # One step without guidance and a stretched fit: the full 768x1024 frame, as fast as CPU allows.
     job["input"].update(steps=1, guidance_scale=1.0, fit="stretch")
+    # The SDK cuts log lines at 4096 characters, so the image travels through the S3 server. The
+    # bucket comes with the job (RunPod's s3Config), whose secret the SDK would log at its default
+    # DEBUG level: the worker must start it at INFO unless told otherwise.
+    job["s3Config"] = s3_server.s3_config(s3_bucket)
     started = time.monotonic()
-    # The SDK cuts log lines at 4096 characters, so the image travels through the S3 server.
     done = subprocess.run(
-        [sys.executable, "handler.py", "--rp_log_level", "INFO", "--test_input", json.dumps(job)],
+        [sys.executable, "handler.py", "--test_input", json.dumps(job)],
         cwd=REPO,
-        env=worker_env(tiny_root, **s3_server.env(s3_bucket)),
+        env=worker_env(tiny_root),
         capture_output=True,
         text=True,
         timeout=900,
