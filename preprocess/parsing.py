@@ -183,11 +183,18 @@ def _fill_enclosed(binary: np.ndarray) -> np.ndarray:
     return cv2.bitwise_or(binary, cv2.bitwise_not(flooded))
 
 
-def default_providers() -> list[str]:
-    """CUDA when this onnxruntime build and machine offer it, else CPU (always as a fallback)."""
+ProviderSpec = str | tuple[str, dict[str, str]]
+
+
+def default_providers() -> list[ProviderSpec]:
+    """CUDA when this onnxruntime build and machine offer it, else CPU (always as a fallback).
+
+    TF32 is switched off on CUDA: the published code parsed on the CPU in full float32, and
+    TF32 matmuls/convolutions shift the logits enough to flip labels on class boundaries.
+    """
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -202,7 +209,9 @@ class HumanParser:
         self._lip = person_box_affine(width, height, _square_input_size(lip_session, 473))
 
     @classmethod
-    def from_checkpoints(cls, root: str | Path, providers: Sequence[str] | None = None) -> "HumanParser":
+    def from_checkpoints(
+        cls, root: str | Path, providers: Sequence[ProviderSpec] | None = None
+    ) -> "HumanParser":
         """Create one onnxruntime session per published file under the checkpoints `root`.
 
         Sessions are expensive (graph optimisation of a ~267 MB ResNet-101 each), so a worker makes

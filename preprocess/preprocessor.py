@@ -96,12 +96,17 @@ class Preprocessor:
         check_request(model_type, category)
         size = (int(size[0]), int(size[1]))
         # Stretched like the published script: the caller decides about aspect ratio beforehand.
-        person_rgb = load_rgb(person).resize(size, Image.Resampling.BICUBIC)
+        upright = load_rgb(person)
+        person_rgb = upright.resize(size, Image.Resampling.BICUBIC)
         if mask is not None:
             return PreprocessResult(mask=user_mask(mask, size), keypoints=None, parse=None, person=person_rgb)
         if self.pose is None or self.parser is None:
             raise RuntimeError("this Preprocessor was built without pose/parsing networks: pass a mask")
-        small = person_rgb.resize(PARSE_SIZE, Image.Resampling.BICUBIC)
+        # Pose and parsing always see the published 768x1024 -> 384x512 chain, whatever `size`
+        # the caller diffuses at, so a preview resolution gets the same mask (scaled) as 1024x768.
+        bicubic = Image.Resampling.BICUBIC
+        published = person_rgb if size == OUTPUT_SIZE else upright.resize(OUTPUT_SIZE, bicubic)
+        small = published.resize(PARSE_SIZE, bicubic)
         keypoints = np.asarray(self.pose(small), dtype=np.float64).reshape(18, 2)
         parse = np.asarray(self.parser(small), dtype=np.uint8)
         small_mask = agnostic_mask(parse, keypoints, model_type, category)

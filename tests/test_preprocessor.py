@@ -165,10 +165,12 @@ def test_parsing_and_mask_path_with_given_keypoints(passthrough_parser: HumanPar
 
 
 def test_no_garment_in_the_photo_is_the_typed_error(passthrough_parser: HumanParser) -> None:
-    atr, lip = person_labels()
-    atr[atr == L.UPPER_CLOTHES] = L.BACKGROUND
+    # Only background and hair: the photo is resampled (384x512 -> 768x1024 -> 384x512), and edge
+    # colours blended between labels 0 and 2 can never read as a shirt (4) or dress (7).
+    atr = np.zeros((512, 384), np.uint8)
+    atr[15:120, 140:240] = L.HAIR
+    lip = np.zeros_like(atr)
     with pytest.raises(NoGarmentRegionError):
-        # At 384x512 the photo is not resampled, so no blended edge colour can read as a shirt.
         Preprocessor(lambda _: ARMS_DOWN, passthrough_parser)(encode_labels(atr, lip), size=(384, 512))
 
 
@@ -209,3 +211,29 @@ def test_tiny_tree_user_mask_skips_the_networks(tiny_preprocessor: Preprocessor)
     result = tiny_preprocessor(Image.new("RGB", (300, 400)), mask=quadrant_mask())
     assert result.keypoints is None and result.parse is None
     np.testing.assert_array_equal(np.asarray(result.mask), expected_quadrants(SIZE))
+
+
+def test_preview_sizes_see_the_published_768x1024_chain(passthrough_parser: HumanParser) -> None:
+    """Pose and parsing get photo -> 768x1024 -> 384x512 whatever size is diffused, so a preview
+    gets the full-size mask, only scaled (never a mask from a resampled preview image)."""
+    photo = Image.fromarray(np.random.default_rng(2).integers(0, 256, (700, 500, 3), dtype=np.uint8))
+    seen: list[np.ndarray] = []
+
+    def pose(image: Image.Image) -> np.ndarray:
+        seen.append(np.asarray(image).copy())
+        return ARMS_DOWN
+
+    preprocessor = Preprocessor(pose=pose, parser=passthrough_parser)
+    results = []
+    for size in (SIZE, (384, 512), (576, 768)):
+        try:
+            results.append(preprocessor(photo, "hd", "upper_body", size=size))
+        except NoGarmentRegionError:
+            results.append(None)
+    published = photo.resize(SIZE, Image.Resampling.BICUBIC).resize((384, 512), Image.Resampling.BICUBIC)
+    for image in seen:
+        np.testing.assert_array_equal(image, np.asarray(published))
+    if results[0] is not None:
+        for result, size in zip(results[1:], ((384, 512), (576, 768)), strict=True):
+            assert result.mask.size == size
+            np.testing.assert_array_equal(result.parse, results[0].parse)
