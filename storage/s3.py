@@ -14,7 +14,7 @@ from collections.abc import Callable
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from storage.settings import S3Settings
 
@@ -41,7 +41,10 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """True when trying again cannot help: S3 refused the request itself (4xx)."""
+    """True when trying again cannot help: botocore refused the parameters before sending
+    (an invalid bucket name), or S3 refused the request itself (4xx)."""
+    if isinstance(exc, ParamValidationError):
+        return True
     if not isinstance(exc, ClientError):
         return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0

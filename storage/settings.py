@@ -2,7 +2,8 @@
 
 A job's `s3Config` is taken as a whole (endpoint, credentials and bucket together): the
 worker's own credentials are never combined with an endpoint chosen by a caller, which
-would hand them to that caller's server.
+would hand them to that caller's server. Its endpoint must be a public address, like a job's
+image URLs: the worker must not become a way into its own network.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from runpod.serverless.utils.rp_ssrf import resolve_and_validate
 
 DEFAULT_REGION = "us-east-1"
 # SigV4 presigned URLs cannot live longer than 7 days.
@@ -25,6 +28,9 @@ ENDPOINT_VARS = ("BUCKET_ENDPOINT_URL",)
 ACCESS_KEY_VARS = ("BUCKET_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
 SECRET_KEY_VARS = ("BUCKET_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
 BUCKET_VARS = ("BUCKET_NAME", "S3_Bucket")
+# The runpod SDK's switch that lets downloads reach private addresses also lets a job's
+# s3Config endpoint be one (local testing only).
+ALLOW_PRIVATE_VAR = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"
 
 _AWS_REGION_IN_HOST = re.compile(r"(?:^|\.)s3[.-]([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com(?:\.cn)?$")
 
@@ -115,7 +121,11 @@ def _number_setting(env: Mapping[str, str], name: str, default: float, low: floa
 def _endpoint(url: str | None, origin: str) -> str | None:
     if url is None:
         return None
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading it validates it
+    except ValueError:
+        raise StorageConfigError(f"{origin} must be an http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise StorageConfigError(f"{origin} must be an http(s) URL")
     if parts.username or parts.password:
@@ -123,8 +133,39 @@ def _endpoint(url: str | None, origin: str) -> str | None:
     return url
 
 
-def _job_settings(s3_config: Mapping) -> dict:
+def _private_endpoints_allowed() -> bool:
+    """The runpod SDK's download override (local testing), read as the SDK reads it."""
+    return os.environ.get(ALLOW_PRIVATE_VAR, "").strip().lower() in ("1", "true", "yes")
+
+
+def _refuse_private_endpoint(url: str) -> None:
+    """Refuse a job's endpoint that is not a public address, as job-input URLs are refused.
+
+    A job chooses its `s3Config` endpoint, so without this a job could make the worker send
+    requests to loopback, the private network or the cloud metadata address, and read which
+    of them answer from the warning. Nothing is sent to a refused endpoint, and the message is
+    the same whatever the address is. (boto3 resolves the name again when it connects, so a
+    name that changes its address in between is not caught; a job's own bucket is the target.)
+    """
+    if _private_endpoints_allowed():
+        return
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        resolve_and_validate(parts.hostname, port)
+    except ValueError:  # SSRFError, and the UnicodeError of a host name that cannot be encoded
+        raise StorageConfigError(
+            "the job's s3Config endpoint is not allowed (it must resolve to a public address)"
+        ) from None
+
+
+def _job_settings(s3_config: object) -> dict:
     """The connection part of RunPod's per-job `s3Config`, all of it or none."""
+    if not isinstance(s3_config, Mapping):
+        raise StorageConfigError(
+            "s3Config must be a JSON object (endpointUrl, accessId, accessSecret, bucketName), "
+            f"not {_json_type(s3_config)}"
+        )
     values = {
         key: (str(s3_config.get(key) or "")).strip()
         for key in ("endpointUrl", "accessId", "accessSecret", "bucketName")
@@ -132,13 +173,27 @@ def _job_settings(s3_config: Mapping) -> dict:
     missing = [key for key, value in values.items() if not value]
     if missing:
         raise StorageConfigError(f"s3Config is missing {', '.join(missing)}")
+    endpoint = _endpoint(values["endpointUrl"], "s3Config.endpointUrl")
+    _refuse_private_endpoint(endpoint)
     return {
         "bucket": values["bucketName"],
-        "endpoint_url": _endpoint(values["endpointUrl"], "s3Config.endpointUrl"),
+        "endpoint_url": endpoint,
         "access_key_id": values["accessId"],
         "secret_access_key": values["accessSecret"],
         "source": "s3Config",
     }
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return f"a {type(value).__name__}"
 
 
 def _env_settings(env: Mapping[str, str]) -> dict | None:
@@ -161,12 +216,13 @@ def _env_settings(env: Mapping[str, str]) -> dict | None:
 
 
 def load_settings(
-    s3_config: Mapping | None = None, env: Mapping[str, str] | None = None
+    s3_config: object = None, env: Mapping[str, str] | None = None
 ) -> S3Settings | None:
     """Resolve where to upload, or None when no bucket is configured (images go inline).
 
-    A non-empty `s3Config` wins over the environment. Prefix, region, expiry and retry
-    settings always come from the environment (they carry no secret). Raises
+    A non-empty `s3Config` (whatever JSON the job sent; it must be an object with a public
+    endpoint) wins over the environment. Prefix, region, expiry and retry settings always
+    come from the environment (they carry no secret). Raises
     StorageConfigError when the settings are present but unusable, so a worker can check
     its environment at start-up instead of discovering it after a GPU run.
     """

@@ -29,7 +29,7 @@ def store_images(
     *,
     extension: str,
     content_type: str,
-    s3_config: Mapping | None = None,
+    s3_config: object = None,
     env: Mapping[str, str] | None = None,
 ) -> StorageResult:
     """Upload `images` to `<prefix>/<job_id>/<n>.<extension>` and return URLs, or inline data.

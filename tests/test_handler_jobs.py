@@ -163,6 +163,45 @@ def test_url_inputs_and_a_callers_mask(worker_env, files) -> None:
     assert returned.getpixel((96, 10)) == 255 and returned.getpixel((96, 250)) == 0
 
 
+@pytest.mark.parametrize("size", [(200, 100), (100, 300)])
+def test_pad_keeps_a_callers_mask_on_a_non_three_by_four_photo(worker_env, garment_uri, size) -> None:
+    # The mask paints the photo's top-left third by third. Fitted into the model frame with the
+    # photo and cropped back with it, it must cover the same part of the output. (Not a half:
+    # a half is centred, so a mask stretched over the whole frame would still look aligned.)
+    width, height = size
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (0, 0, width // 3, height // 3))
+    person = Image.new("RGB", size, (0, 128, 0))
+    result = assert_ok(
+        run(
+            {**SMALL, "steps": 1, "person": data_uri(_png(person)), "garment": garment_uri,
+             "mask": data_uri(_png(mask)), "return_mask": True}
+        )
+    )  # fmt: skip
+    output, returned = decode(result["images"][0]), decode(result["mask"])
+    assert output.size == returned.size
+    out_w, out_h = output.size
+    assert abs(out_w / out_h - width / height) < 0.02  # the photo's aspect, at the output's scale
+    assert max(out_w, out_h) in (192, 256)  # as large as the 256x192 frame allows
+    third_w, third_h = out_w // 3, out_h // 3
+    row = [returned.getpixel((x, third_h // 2)) for x in range(out_w)]
+    assert row[: third_w - 1] == [255] * (third_w - 1) and set(row[third_w + 2 :]) == {0}, row
+    column = [returned.getpixel((third_w // 2, y)) for y in range(out_h)]
+    assert column[: third_h - 1] == [255] * (third_h - 1) and set(column[third_h + 2 :]) == {0}, column
+
+
+def test_an_s3_config_that_is_not_an_object_keeps_the_images(worker_env, garment_uri) -> None:
+    result = handler.handler(
+        {"id": "odd-s3", "input": good_input(garment_uri, steps=1), "s3Config": "s3://b"}
+    )
+    assert_ok(result)
+    assert decode(result["images"][0]).size == (192, 192)
+    assert result["warnings"] == [
+        "S3 upload skipped: s3Config must be a JSON object (endpointUrl, accessId, accessSecret, "
+        "bucketName), not a string; returning images inline"
+    ]
+
+
 def _truncated_jpeg() -> str:
     jpeg = image_bytes((128, 128), "JPEG")
     return data_uri(jpeg[: len(jpeg) // 2], "image/jpeg")
@@ -230,6 +269,31 @@ def bad_inputs(garment: str, files: FileServer, silent: SilentServer) -> list[tu
             r"^garment: the base64 data is larger than the 20 MB",
         ),
         ("empty mask", {**base, "mask": data_uri(_black_png())}, r"^mask: the mask is empty"),
+        (
+            "unclosed IPv6 bracket",
+            {**base, "garment": "http://[::1/g.png?sig=SECRET"},
+            r"^invalid input: garment: not a valid URL \(it cannot be parsed\)$",
+        ),
+        (
+            "port out of range",
+            {**base, "garment": "http://example.com:99999/g.png?sig=SECRET"},
+            r"^invalid input: garment: not a valid URL \(the port is not a number from 0 to 65535\)$",
+        ),
+        (
+            "host label over 63 characters",
+            {**base, "mask": "http://" + "a" * 70 + ".com/x?sig=SECRET"},
+            r"^invalid input: mask: not a valid URL \(the host name is not a valid domain name\)$",
+        ),
+        (
+            "CIELab mask",
+            {**base, "mask": data_uri(_lab_tiff(), "image/tiff")},
+            r"^mask: unsupported colour mode LAB \(send an RGB or greyscale image\)$",
+        ),
+        (
+            "60000x1 photo to pad",
+            {**SMALL, "person": data_uri(_png(Image.new("RGB", (60000, 1), 0))), "garment": garment},
+            r"^person: the image is 60000x1, more than 8 times as wide as it is tall",
+        ),
     ]
     for field, value in WRONG_TYPES.items():
         cases.append((f"{field} wrong type", {**base, field: value}, rf"\b{field}\b"))
@@ -238,9 +302,20 @@ def bad_inputs(garment: str, files: FileServer, silent: SilentServer) -> list[tu
     return cases
 
 
-def _black_png() -> bytes:
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    Image.new("L", (32, 32), 0).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _black_png() -> bytes:
+    return _png(Image.new("L", (32, 32), 0))
+
+
+def _lab_tiff() -> bytes:
+    """A CIELab TIFF: Pillow decodes it but cannot convert it to greyscale."""
+    buffer = io.BytesIO()
+    Image.new("LAB", (32, 32), (50, 0, 0)).save(buffer, format="TIFF")
     return buffer.getvalue()
 
 

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from PIL import Image
 from s3_server import S3Server, start_seaweedfs
 
@@ -18,6 +19,18 @@ from storage import RetryPolicy, StorageConfigError, StoredImage, load_settings,
 from storage.s3 import UploadError, client_for, put_with_retries
 
 WRONG_SECRET = "wrong-secret-Zq81XkL0pV"  # distinctive so a leak is easy to spot
+ALLOW_PRIVATE = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"
+
+
+@pytest.fixture
+def allow_private_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a job's s3Config point at the test server on 127.0.0.1 (refused by default)."""
+    monkeypatch.setenv(ALLOW_PRIVATE, "true")
+
+
+@pytest.fixture
+def refuse_private_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_PRIVATE, raising=False)
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (24, 32)) -> bytes:
@@ -85,7 +98,7 @@ def test_tampered_presigned_url_is_refused(s3_server, s3_bucket):
         assert png_bytes(5) not in body
 
 
-def test_job_s3_config_wins_over_environment(s3_server):
+def test_job_s3_config_wins_over_environment(s3_server, allow_private_endpoints):
     env_bucket, job_bucket = s3_server.create_bucket("env"), s3_server.create_bucket("job")
     env = s3_server.env(env_bucket, BUCKET_SECRET_ACCESS_KEY=WRONG_SECRET)
     data = png_bytes(7)
@@ -108,6 +121,50 @@ def test_seed_environment_names_work(s3_server, s3_bucket):
     result = store_images("job-seed", [b"seed"], extension="png", content_type="image/png", env=env)
     assert result.warnings == []
     assert keys_in(s3_server, s3_bucket) == ["job-seed/0.png"]
+
+
+# Loopback only: if the guard ever regressed, nothing may leave this machine. Other private ranges
+# (metadata 169.254.169.254, 10/8, ...) share the SDK's address classification, tested beside fetch_url.
+@pytest.mark.parametrize("endpoint", ["server", "http://127.0.0.2:9", "http://localhost:9"])
+def test_job_s3_config_on_a_private_address_is_refused_before_any_request(
+    s3_server, s3_bucket, refuse_private_endpoints, endpoint
+):
+    # A working server, bucket and credentials: only the address is wrong, and nothing is sent.
+    config = s3_server.s3_config(s3_bucket)
+    if endpoint != "server":
+        config["endpointUrl"] = endpoint
+    started = time.monotonic()
+    result = store_images("job-private", [b"one", b"two"], extension="png", content_type="image/png",
+                          s3_config=config, env={})
+    assert time.monotonic() - started < 1  # no connection attempt, so no connect timeout either
+    assert result.images == [StoredImage.inline(b"one", "image/png"), StoredImage.inline(b"two", "image/png")]
+    # The same sentence for every address: whether something listens there is not revealed.
+    assert result.warnings == [
+        "S3 upload skipped: the job's s3Config endpoint is not allowed "
+        "(it must resolve to a public address); returning images inline"
+    ]
+    assert keys_in(s3_server, s3_bucket) == []
+
+
+@pytest.mark.parametrize("s3_config", ["s3://bucket", ["endpointUrl", "x"], 5])
+def test_s3_config_that_is_not_an_object_goes_inline_with_a_warning(s3_config):
+    result = store_images("job-odd", [b"img"], extension="png", content_type="image/png",
+                          s3_config=s3_config, env={})
+    assert result.images == [StoredImage.inline(b"img", "image/png")]
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith("S3 upload skipped: s3Config must be a JSON object")
+
+
+def test_an_invalid_bucket_name_is_not_retried(s3_server):
+    # botocore refuses the name before sending (ParamValidationError): waiting cannot fix it.
+    env = s3_server.env("not a valid bucket!", BUCKET_UPLOAD_ATTEMPTS="3", BUCKET_UPLOAD_BACKOFF="0.5")
+    started = time.monotonic()
+    result = store_images("job-name", [b"img"], extension="png", content_type="image/png", env=env)
+    assert time.monotonic() - started < 0.5
+    assert result.images == [StoredImage.inline(b"img", "image/png")]
+    assert result.warnings == [
+        "upload to S3 failed after 1 attempt (ParamValidationError); returning images inline"
+    ]
 
 
 def _assert_secret_nowhere(secret: str, result, caplog, capsys) -> None:
@@ -175,15 +232,34 @@ def test_retries_back_off_doubling():
 
 
 def test_later_images_go_inline_after_a_failure_but_earlier_urls_stay(s3_server, s3_bucket):
-    # The bucket disappears between two stores: the first result keeps its URL.
-    first = store_images("job-mix", [b"one"], extension="png", content_type="image/png",
-                         env=s3_server.env(s3_bucket))
-    assert first.images[0].url is not None
-    missing = s3_server.env("no-such-bucket-" + s3_bucket)
-    second = store_images("job-mix", [b"two", b"three"], extension="png", content_type="image/png",
-                          env=missing)
-    assert [base64.b64decode(image.base64) for image in second.images] == [b"two", b"three"]
-    assert len(second.warnings) == 1 and "NoSuchBucket" in second.warnings[0]
+    # A real client and server, with every request for the second image broken on the way out
+    # (a botocore hook on the cached client the store uses): the first upload succeeds.
+    env = s3_server.env(s3_bucket)
+    client = client_for(load_settings(env=env))
+    sent: list[str] = []
+
+    def break_second_image(request, **kwargs) -> None:
+        sent.append(urlsplit(request.url).path)
+        if request.url.split("?")[0].endswith("/job-mix/1.png"):
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    client.meta.events.register("before-send.s3.PutObject", break_second_image, unique_id="break-1png")
+    try:
+        result = store_images("job-mix", [b"one", b"two", b"three"], extension="png",
+                              content_type="image/png", env=env)
+    finally:
+        client.meta.events.unregister("before-send.s3.PutObject", unique_id="break-1png")
+
+    first, *rest = result.images
+    assert first.base64 is None and s3_server.get(first.url) == (200, "image/png", b"one")
+    assert [base64.b64decode(image.base64) for image in rest] == [b"two", b"three"]
+    assert all(image.url is None for image in rest)
+    assert result.warnings == [
+        "upload to S3 failed after 2 attempts (EndpointConnectionError); returning images inline"
+    ]
+    # Tried twice (BUCKET_UPLOAD_ATTEMPTS=2), then the third image was not tried at all.
+    assert sent == [f"/{s3_bucket}/job-mix/{index}.png" for index in (0, 1, 1)]
+    assert keys_in(s3_server, s3_bucket) == ["job-mix/0.png"]
 
 
 @pytest.mark.parametrize(
@@ -208,7 +284,8 @@ def test_unusable_settings_go_inline_with_a_clear_warning(s3_config, env, expect
         load_settings(s3_config, env)
 
 
-def test_settings_region_prefix_and_secret_hidden_from_repr():
+def test_settings_region_prefix_and_secret_hidden_from_repr(allow_private_endpoints):
+    # (The override only spares a DNS lookup of the AWS host below: settings, not addresses.)
     aws = load_settings(env={"BUCKET_NAME": "b", "BUCKET_SECRET_ACCESS_KEY": WRONG_SECRET,
                              "BUCKET_ENDPOINT_URL": "https://s3.eu-west-2.amazonaws.com"})
     assert aws.region == "eu-west-2"

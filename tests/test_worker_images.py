@@ -7,11 +7,20 @@ from dataclasses import replace
 
 import pytest
 from PIL import Image
-from worker_support import FileServer, SilentServer, data_uri, image_bytes, png_claiming_size
+from runpod.serverless.utils.rp_ssrf import is_safe_address
+from worker_support import DripServer, FileServer, SilentServer, data_uri, image_bytes, png_claiming_size
 
 from worker.config import Settings
 from worker.errors import InputError
-from worker.images import decode_base64, decode_image, encode_image, fetch_url, pad_to_aspect, read_image
+from worker.images import (
+    check_aspect,
+    decode_base64,
+    decode_image,
+    encode_image,
+    fetch_url,
+    fit_to_frame,
+    read_image,
+)
 from worker.schema import ImageRef
 
 SETTINGS = Settings(download_connect_timeout=2.0, download_timeout=1.0, max_input_bytes=200_000)
@@ -84,6 +93,49 @@ def test_silent_server_times_out_quickly(allow_loopback) -> None:
         assert time.monotonic() - start < 5
 
 
+@pytest.mark.parametrize(
+    ("gap", "connect", "timeout"),
+    [
+        (0.25, 0.5, 0.5),  # every read gets a byte in time: only the whole-download limit stops it
+        (2.0, 0.5, 0.3),  # a read that gets nothing in time (requests calls that a ConnectionError)
+    ],
+)
+def test_slow_drip_is_cut_off_at_the_download_limit(
+    allow_loopback, gap: float, connect: float, timeout: float
+) -> None:
+    settings = replace(SETTINGS, download_connect_timeout=connect, download_timeout=timeout)
+    with DripServer(gap, length=40) as drip:  # 10 s of dripping at least: a regression fails, not hangs
+        start = time.monotonic()
+        with pytest.raises(
+            InputError, match=rf"^person: the download from 127\.0\.0\.1 timed out \(limit {timeout:g} s\)$"
+        ):
+            fetch_url(url_ref(drip.url()), settings)
+        assert time.monotonic() - start < connect + timeout + 0.5
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1/p.png", "it cannot be parsed"),
+        ("http://example.com:99999/g.png", "the port is not a number from 0 to 65535"),
+        ("http://" + "a" * 70 + ".com/x", "the host name is not a valid domain name"),
+        ("http://exa\x00mple.com/x", "the host name is not a valid domain name"),
+        ("http:///x.png", "it has no host"),
+    ],
+)
+def test_malformed_url_is_an_input_error(url: str, reason: str) -> None:
+    with pytest.raises(InputError) as caught:
+        fetch_url(url_ref(url, "garment"), SETTINGS)
+    assert str(caught.value) == f"garment: not a valid URL ({reason})"
+
+
+def test_redirect_to_a_malformed_url_is_an_input_error(server, allow_loopback) -> None:
+    url = server.redirect("/bad", "http://[::1/secret-path.png")
+    with pytest.raises(InputError) as caught:
+        fetch_url(url_ref(url), SETTINGS)
+    assert str(caught.value) == "person: not a valid URL (a redirect from 127.0.0.1 cannot be parsed)"
+
+
 def test_private_address_refused_without_override(server, monkeypatch) -> None:
     monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
@@ -92,8 +144,13 @@ def test_private_address_refused_without_override(server, monkeypatch) -> None:
     with pytest.raises(InputError, match=r"private, loopback or link-local address"):
         fetch_url(url_ref(url), SETTINGS)
     with pytest.raises(InputError, match=r"private, loopback or link-local address"):
-        fetch_url(url_ref("http://169.254.169.254/latest/meta-data/"), SETTINGS)
+        fetch_url(url_ref(url.replace("127.0.0.1", "127.0.0.2")), SETTINGS)
     assert server.requests == []  # nothing was ever sent to the private address
+    # Cloud metadata and private ranges are refused by the same classification; checked without
+    # a request, so that a regression could never send traffic off this machine.
+    for address in ("169.254.169.254", "10.0.0.1", "192.168.1.1", "172.16.0.1", "100.64.0.1", "::1"):
+        assert not is_safe_address(address), address
+    assert is_safe_address("93.184.216.34")
 
 
 def test_every_redirect_hop_is_checked(server, monkeypatch) -> None:
@@ -157,23 +214,48 @@ def test_not_an_image_and_truncated_jpeg() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "canvas"), [((512, 512), (512, 683)), ((300, 800), (600, 800)), ((600, 800), (600, 800))]
+    ("size", "fitted"),
+    [
+        ((512, 512), (768, 768)),
+        ((300, 800), (384, 1024)),
+        ((600, 800), (768, 1024)),
+        ((96, 128), (768, 1024)),  # small photos are scaled up to the frame too
+        ((8000, 1000), (768, 96)),  # 8:1, the widest fit "pad" takes
+        ((1000, 8000), (128, 1024)),
+    ],
 )
-def test_pad_to_three_by_four_and_crop_back(size: tuple[int, int], canvas: tuple[int, int]) -> None:
+def test_fit_into_the_model_frame_and_crop_back(size: tuple[int, int], fitted: tuple[int, int]) -> None:
     photo = Image.new("RGB", size, (10, 200, 30))
-    padded, pad = pad_to_aspect(photo, (3, 4), (255, 255, 255))
-    assert padded.size == canvas
+    padded, pad = fit_to_frame(photo, (768, 1024), (255, 255, 255))
+    # Always the model's frame, whatever the photo's size: memory is bounded.
+    assert padded.size == pad.canvas == (768, 1024)
     left, top, right, bottom = pad.box
-    assert (right - left, bottom - top) == size
+    assert (right - left, bottom - top) == fitted
     assert padded.getpixel((left, top)) == (10, 200, 30)
-    if canvas != size:
+    if fitted != (768, 1024):
         assert padded.getpixel((0, 0)) == (255, 255, 255)  # white padding
-    # An output at the model's 768x1024 from this canvas, cropped back to the photo's region.
-    output = padded.resize((768, 1024), Image.Resampling.NEAREST)
-    cropped = pad.crop(output)
-    assert abs(cropped.width / cropped.height - size[0] / size[1]) < 0.01
-    assert cropped.width <= 768 and cropped.height <= 1024
-    assert set(cropped.getdata()) == {(10, 200, 30)}  # no padding left in the result
+    # An output at any resolution from this frame, cropped back to the photo's region.
+    for output_size in ((768, 1024), (192, 256)):
+        cropped = pad.crop(padded.resize(output_size, Image.Resampling.NEAREST))
+        assert abs(cropped.width / cropped.height - size[0] / size[1]) < 0.05 * max(size) / min(size)
+        assert set(cropped.getdata()) == {(10, 200, 30)}  # no padding left in the result
+
+
+def test_a_mask_fits_the_same_box_with_black_padding() -> None:
+    mask = Image.new("L", (200, 100), 0)
+    mask.paste(255, (0, 0, 100, 100))  # left half
+    padded, pad = fit_to_frame(mask, (768, 1024), 0, Image.Resampling.NEAREST)
+    assert pad.box == (0, 320, 768, 704)
+    assert set(padded.getdata()) == {0, 255}  # still binary
+    assert padded.getpixel((383, 320)) == 255 and padded.getpixel((384, 703)) == 0
+    assert padded.getpixel((0, 319)) == 0  # padding: keep
+
+
+@pytest.mark.parametrize("size", [(60000, 1), (1, 60000), (801, 100), (100, 801)])
+def test_pad_refuses_a_photo_far_from_three_by_four(size: tuple[int, int]) -> None:
+    with pytest.raises(InputError, match=rf"^person: the image is {size[0]}x{size[1]}, more than 8 times as"):
+        check_aspect(size, "person", 8.0)
+    check_aspect((800, 100), "person", 8.0)  # 8:1 itself is fine
 
 
 @pytest.mark.parametrize(("fmt", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])

@@ -1,7 +1,8 @@
 """Real servers and real image bytes for the worker tests (no mocks).
 
 `FileServer` is an HTTP server on 127.0.0.1 serving registered bodies, statuses and redirects;
-`SilentServer` accepts TCP connections and never answers (a download that times out). The
+`SilentServer` accepts TCP connections and never answers (a download that times out);
+`DripServer` answers at once and then sends a byte at a time, slowly. The
 image helpers make real encoded files, including a PNG whose header claims 100 megapixels.
 """
 
@@ -94,6 +95,53 @@ class SilentServer:
         self.sock.close()
         for conn in self.accepted:
             conn.close()
+
+    def url(self, path: str = "/image.png") -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+
+
+class DripServer:
+    """Answers 200 with a large Content-Length at once, then sends one byte every `gap` seconds.
+
+    Every read gets data well within a read timeout, so only a limit on the whole download
+    stops it (a slowloris in reverse).
+    """
+
+    def __init__(self, gap: float, length: int = 100_000) -> None:
+        self.gap, self.length = gap, length
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\n\r\n".encode())
+                for _ in range(self.length):
+                    if self.stop.wait(self.gap):
+                        return
+                    conn.sendall(b"x")
+            except OSError:  # the client hung up: what a timed-out download does
+                return
+
+    def __enter__(self) -> DripServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.sock.close()
 
     def url(self, path: str = "/image.png") -> str:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"

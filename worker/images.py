@@ -7,27 +7,30 @@ before any pixel is decoded (decompression bombs), and the format comes from the
 from a Content-Type or file name. Messages name the field and never echo a URL's path or query,
 which often carry access tokens.
 
-Out: the `pad` fit (people are never stretched: the photo is padded to the model's 3:4 frame
-with white and the result cropped back) and PNG/JPEG/WebP encoding.
+Out: the `pad` fit (people are never stretched: the photo is scaled into the model's 768x1024
+frame, padded with white and the result cropped back) and PNG/JPEG/WebP encoding.
 """
 
 import base64
 import binascii
+import contextlib
 import io
 import logging
 import re
+import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import requests
 from PIL import Image
 from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
+from urllib3.exceptions import ReadTimeoutError
 
 from worker.config import MB, Settings
 from worker.errors import InputError
-from worker.schema import ImageRef
+from worker.schema import ImageRef, url_host, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,17 @@ def read_image(ref: ImageRef, settings: Settings) -> Image.Image:
 
 
 def fetch_url(ref: ImageRef, settings: Settings) -> bytes:
-    """Download `ref.value` with timeouts, a byte cap and few redirects; errors name the field."""
-    field, host = ref.field, urlsplit(ref.value).hostname or "no host"
+    """Download `ref.value` with timeouts, a byte cap and few redirects; errors name the field.
+
+    The read timeout only bounds the wait for each piece of data, so a server that drips a
+    byte every few seconds would hold the worker until RunPod's job timeout: a watchdog cuts
+    the whole download off at the connect plus download timeouts.
+    """
+    field = ref.field
+    problem = url_problem(ref.value)
+    if problem:
+        raise InputError(f"{field}: not a valid URL ({problem})")
+    host = url_host(ref.value) or "no host"
     timeout = settings.download_timeout
     deadline = time.monotonic() + settings.download_connect_timeout + timeout
     try:
@@ -69,12 +81,7 @@ def fetch_url(ref: ImageRef, settings: Settings) -> bytes:
         with response:
             if response.status_code != 200:
                 raise InputError(f"{field}: the URL on {host} answered HTTP {response.status_code}")
-            chunks = []
-            for chunk in iter_content_capped(response, _CHUNK, settings.max_input_bytes):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise requests.Timeout()
-            return b"".join(chunks)
+            return _read_body(response, deadline, settings.max_input_bytes)
     except SSRFError as error:
         raise InputError(f"{field}: {_ssrf_reason(str(error), host, settings)}") from None
     except requests.Timeout:
@@ -83,6 +90,57 @@ def fetch_url(ref: ImageRef, settings: Settings) -> bytes:
         raise InputError(f"{field}: could not connect to {host}") from None
     except requests.RequestException as error:
         raise InputError(f"{field}: the download from {host} failed ({type(error).__name__})") from None
+    except ValueError:
+        # The URL itself was checked above, so this is a redirect's Location (never echoed).
+        raise InputError(f"{field}: not a valid URL (a redirect from {host} cannot be parsed)") from None
+
+
+def _read_body(response: requests.Response, deadline: float, max_bytes: int) -> bytes:
+    """Read the capped body, giving up at `deadline` even while a read is blocked.
+
+    Raises `requests.Timeout` when the deadline passes (whatever the aborted read raised) or a
+    read timed out.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise requests.Timeout()
+    fired = threading.Event()
+
+    def abort() -> None:
+        fired.set()
+        _abort_response(response)
+
+    watchdog = threading.Timer(remaining, abort)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return b"".join(iter_content_capped(response, _CHUNK, max_bytes))
+    except Exception as error:
+        # requests reports a read timeout inside the body as a ConnectionError.
+        read_timeout = isinstance(error, requests.ConnectionError) and any(
+            isinstance(arg, ReadTimeoutError) for arg in error.args
+        )
+        if fired.is_set() or read_timeout:
+            raise requests.Timeout() from None
+        raise
+    finally:
+        watchdog.cancel()
+
+
+def _abort_response(response: requests.Response) -> None:
+    """Stop a download from another thread.
+
+    `response.close()` alone does not wake a thread blocked in `recv` (nor, measured, stop one
+    that keeps receiving), so the socket is shut down first: that ends the blocked read at once.
+    The socket is reached through urllib3's connection; if a future version hides it, closing
+    still ends the download at the next byte or read timeout.
+    """
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        response.close()
 
 
 def _ssrf_reason(message: str, host: str, settings: Settings) -> str:
@@ -158,13 +216,13 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
 
 @dataclass(frozen=True)
 class PadBox:
-    """Where the original photo sits inside its padded 3:4 canvas (pixels of the canvas)."""
+    """Where the photo sits inside the padded frame it was fitted into (pixels of the frame)."""
 
     canvas: tuple[int, int]
     box: tuple[int, int, int, int]  # left, top, right, bottom
 
     def crop(self, image: Image.Image) -> Image.Image:
-        """Cut the original photo's region out of an output made from the canvas at any size.
+        """Cut the photo's region out of an output made from the frame at any size.
 
         The output keeps the model's resolution: the region is returned at the size it has in
         the output, not scaled back to the input photo's size.
@@ -180,20 +238,43 @@ class PadBox:
         return image.crop(region)
 
 
-def pad_to_aspect(
-    image: Image.Image, aspect: tuple[int, int], fill: int | tuple[int, ...]
+def fitted_size(size: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
+    """The largest size of `size`'s aspect ratio that fits inside `frame` (at least 1x1)."""
+    width, height = size
+    scale = min(frame[0] / width, frame[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def check_aspect(size: tuple[int, int], field: str, max_ratio: float) -> None:
+    """Refuse a photo too wide or too tall to pad: it would be a thin strip in the frame."""
+    width, height = size
+    if max(width / height, height / width) > max_ratio:
+        shape = "wide as it is tall" if width > height else "tall as it is wide"
+        raise InputError(
+            f"{field}: the image is {width}x{height}, more than {max_ratio:g} times as {shape}, too far "
+            "from the model's 3:4 frame to pad (crop it, or use fit 'stretch')"
+        )
+
+
+def fit_to_frame(
+    image: Image.Image,
+    frame: tuple[int, int],
+    fill: int | tuple[int, ...],
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
 ) -> tuple[Image.Image, PadBox]:
-    """Centre `image` on the smallest canvas of aspect `aspect` (W:H) that holds it."""
-    width, height = image.size
-    aspect_w, aspect_h = aspect
-    if width * aspect_h > height * aspect_w:  # too wide: add rows
-        canvas = (width, max(height, round(width * aspect_h / aspect_w)))
-    else:  # too tall: add columns
-        canvas = (max(width, round(height * aspect_w / aspect_h)), height)
-    left, top = (canvas[0] - width) // 2, (canvas[1] - height) // 2
-    padded = Image.new(image.mode, canvas, fill)
+    """Resize `image` to fit inside `frame` (keeping its aspect) and centre it on a `fill` canvas.
+
+    The canvas is always `frame`, whatever the photo's shape: padding the photo at its own size
+    would let a 60000x1 picture (within the pixel limit) ask for a 60000x80000 canvas.
+    """
+    fitted = fitted_size(image.size, frame)
+    if fitted != image.size:
+        # reducing_gap: a fast box reduction first for big photos (Pillow ignores it for NEAREST).
+        image = image.resize(fitted, resample, reducing_gap=3.0)
+    left, top = (frame[0] - fitted[0]) // 2, (frame[1] - fitted[1]) // 2
+    padded = Image.new(image.mode, frame, fill)
     padded.paste(image, (left, top))
-    return padded, PadBox(canvas, (left, top, left + width, top + height))
+    return padded, PadBox(frame, (left, top, left + fitted[0], top + fitted[1]))
 
 
 def encode_image(image: Image.Image, output_format: str) -> bytes:

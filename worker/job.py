@@ -29,9 +29,10 @@ from worker.images import (
     CONTENT_TYPES,
     EXTENSIONS,
     PadBox,
+    check_aspect,
     decode_image,
     encode_image,
-    pad_to_aspect,
+    fit_to_frame,
     read_image,
 )
 from worker.runtime import Runtime, house_model_photos
@@ -39,9 +40,12 @@ from worker.schema import TryOnRequest, parse_request
 
 log = logging.getLogger(__name__)
 
-# What the model was trained on: 3:4 portraits (768x1024).
-ASPECT = (3, 4)
+# What the model was trained on: 3:4 portraits, 768x1024 (width, height).
+MODEL_FRAME = (768, 1024)
 WHITE = (255, 255, 255)
+# fit "pad" refuses photos more than this many times as wide as tall (or tall as wide): the
+# photo would be a thin strip in the frame (8:1 leaves 768x96), and nothing a try-on can use.
+MAX_PAD_RATIO = 8.0
 
 ProgressSink = Callable[[dict], None]
 
@@ -82,9 +86,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
 
     pad: PadBox | None = None
     if request.fit == "pad":
-        person, pad = pad_to_aspect(person, ASPECT, WHITE)
-        if user_mask is not None:
-            user_mask, _ = pad_to_aspect(user_mask, ASPECT, 0)
+        person, user_mask, pad = _pad(person, user_mask)
 
     outputs, mask_image = _generate(runtime, request, person, garment, user_mask, progress, settings, timings)
     if pad is not None:
@@ -122,16 +124,50 @@ def _load_pictures(
 ) -> tuple[Image.Image, Image.Image, Image.Image | None]:
     """Fetch and decode the person (or house photo), the garment and the caller's mask."""
     if request.person is not None:
-        person = load_rgb(read_image(request.person, settings))
+        person = _converted(read_image(request.person, settings), "person", load_rgb)
     else:
         data = photos[request.person_index].read_bytes()
-        person = load_rgb(decode_image(data, "person_index", settings.max_input_pixels))
-    garment = load_rgb(read_image(request.garment, settings))
-    user_mask = None if request.mask is None else load_mask(read_image(request.mask, settings))
+        image = decode_image(data, "person_index", settings.max_input_pixels)
+        person = _converted(image, "person_index", load_rgb)
+    if request.fit == "pad":
+        check_aspect(person.size, "person" if request.person is not None else "person_index", MAX_PAD_RATIO)
+    garment = _converted(read_image(request.garment, settings), "garment", load_rgb)
+    user_mask = None
+    if request.mask is not None:
+        user_mask = _converted(read_image(request.mask, settings), "mask", load_mask)
     if user_mask is not None and user_mask.size != person.size:
         # A mask is drawn over the person photo: bring it to the photo's frame before any padding.
         user_mask = user_mask.resize(person.size, Image.Resampling.NEAREST)
     return person, garment, user_mask
+
+
+def _converted(image: Image.Image, field: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """`convert(image)`, with Pillow's refusals as an input error naming the field.
+
+    Pillow decodes some colour modes it cannot convert (a CIELab TIFF, for one); that is the
+    caller's picture, not a bug, so it must end the job with a sentence, not a traceback.
+    """
+    try:
+        return convert(image)
+    except (ValueError, OSError):
+        raise InputError(
+            f"{field}: unsupported colour mode {image.mode} (send an RGB or greyscale image)"
+        ) from None
+
+
+def _pad(
+    person: Image.Image, user_mask: Image.Image | None
+) -> tuple[Image.Image, Image.Image | None, PadBox]:
+    """Fit the person photo (and the caller's mask, aligned with it) into the model's frame.
+
+    Always the published 768x1024, not the requested resolution: the preprocessor derives its
+    pose and parsing input from a 768x1024 picture and the pipeline resizes to the resolution
+    itself. The frame also bounds memory, whatever the photo's size and shape.
+    """
+    person, pad = fit_to_frame(person, MODEL_FRAME, WHITE)
+    if user_mask is not None:
+        user_mask, _ = fit_to_frame(user_mask, MODEL_FRAME, 0, Image.Resampling.NEAREST)
+    return person, user_mask, pad
 
 
 def _generate(
@@ -170,7 +206,7 @@ def _generate(
 
 
 def _store(
-    job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config
+    job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config: object
 ) -> tuple[list[dict], dict | None, list[str]]:
     """Upload (or inline) the images and the mask; returns their entries and any warnings."""
     stored = store_images(

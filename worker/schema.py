@@ -7,6 +7,7 @@ caller fixes a request in one round trip. The seed Flask API's field names are a
 aliases so that its clients can move over unchanged.
 """
 
+import ipaddress
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,8 @@ ALIASES = {
 
 _IMAGE_FORMS = "an http(s) URL, base64 or a data URI"
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# An IDNA-encoded host name: letters, digits, hyphens (and the underscores some hosts use), dots.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class ImageRef:
     def describe(self) -> str:
         """A log-safe description: never the URL's path, query or user info (they may carry tokens)."""
         if self.kind == "url":
-            return f"a URL on {urlsplit(self.value).hostname or 'no host'}"
+            return f"a URL on {url_host(self.value) or 'no valid host'}"
         return f"{len(self.value)} characters of {self.kind.replace('_', ' ')}"
 
 
@@ -241,8 +244,57 @@ def _image_ref(fields: _Fields, field: str, errors: list[str]) -> ImageRef | Non
         if scheme.group(1).lower() not in ("http", "https"):
             errors.append(f"{field}: {scheme.group(1)}:// URLs are not allowed (use {_IMAGE_FORMS})")
             return None
+        problem = url_problem(text)
+        if problem:
+            errors.append(f"{field}: not a valid URL ({problem})")
+            return None
         return ImageRef(field, "url", text)
     return ImageRef(field, "base64", text)
+
+
+def url_host(url: str) -> str | None:
+    """The URL's host name, or None when it has none or the URL cannot be parsed."""
+    try:
+        return urlsplit(url).hostname or None
+    except ValueError:
+        return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be fetched (None when it can), without echoing any part of it.
+
+    Checked at validation so that a malformed URL is an input error before any download, not
+    a ValueError or UnicodeError from deep inside urllib, requests or the resolver. The host is
+    IDNA-encoded as the resolver will encode it (a label over 63 characters fails there).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "it cannot be parsed"
+    try:
+        _ = parts.port  # reading it validates it
+    except ValueError:
+        return "the port is not a number from 0 to 65535"
+    if not host:
+        return "it has no host"
+    if _is_ip_address(host):
+        return None
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "the host name is not a valid domain name"
+    if not _HOST_NAME.fullmatch(encoded):
+        return "the host name is not a valid domain name"
+    return None
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _person_index(fields: _Fields, person_count: int | None, errors: list[str]) -> int | None:
