@@ -15,6 +15,7 @@ import struct
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from PIL import Image
 
@@ -69,14 +70,13 @@ class FileServer:
         return self.url(path)
 
 
-class SilentServer:
-    """Accepts connections on 127.0.0.1 and never sends a byte."""
+class _RawLoopbackServer:
+    """A bare TCP listener on 127.0.0.1 that hands each accepted connection to `_serve`."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.accepted: list[socket.socket] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
     def _accept(self) -> None:
@@ -85,22 +85,39 @@ class SilentServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.accepted.append(conn)
+            self._serve(conn)
 
-    def __enter__(self) -> SilentServer:
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.sock.close()
-        for conn in self.accepted:
-            conn.close()
 
     def url(self, path: str = "/image.png") -> str:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
 
 
-class DripServer:
+class SilentServer(_RawLoopbackServer):
+    """Accepts connections on 127.0.0.1 and never sends a byte."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted: list[socket.socket] = []
+
+    def _serve(self, conn: socket.socket) -> None:
+        self.accepted.append(conn)
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        for conn in self.accepted:
+            conn.close()
+
+
+class DripServer(_RawLoopbackServer):
     """Answers 200 with a large Content-Length at once, then sends one byte every `gap` seconds.
 
     Every read gets data well within a read timeout, so only a limit on the whole download
@@ -108,20 +125,12 @@ class DripServer:
     """
 
     def __init__(self, gap: float, length: int = 100_000) -> None:
+        super().__init__()
         self.gap, self.length = gap, length
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+    def _serve(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
 
     def _drip(self, conn: socket.socket) -> None:
         with conn:
@@ -135,16 +144,9 @@ class DripServer:
             except OSError:  # the client hung up: what a timed-out download does
                 return
 
-    def __enter__(self) -> DripServer:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
         self.stop.set()
-        self.sock.close()
-
-    def url(self, path: str = "/image.png") -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}{path}"
+        super().__exit__(*exc)
 
 
 def free_port() -> int:
