@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from builder import BUILD_CONTEXT
-from ootd.layout import CLIP_DIR, ootd_files
+from ootd.layout import CLIP_DIR, CLIP_FILES, CONVERTED_WEIGHTS, VAE_WEIGHTS, ootd_files
 from preprocess.layout import PREPROCESS_FILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_builder(stage: Path, *args: str, hub: FakeHub | None = None, **env: str):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OOTD_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OOTD_", "BAKE_"))}
     environ.update({"HF_HOME": str(stage / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""})
     if hub is not None:
@@ -233,6 +233,37 @@ def test_file_missing_on_the_hub_fails_clearly_without_retrying(stage, hub, tmp_
     assert done.returncode == 1
     assert f"error: {CLIP}@main: model.safetensors: RemoteEntryNotFoundError (not retried)" in done.stderr
     assert [path for _, repo, _, path, _ in hub.requests if repo == CLIP].count("model.safetensors") == 1
+
+
+def test_bake_clip_fetches_only_clip_and_none_fetches_nothing(stage, hub, tmp_path):
+    """The slim images: OOTD's checkpoints come from RunPod's model cache, CLIP is baked or not."""
+    dest = tmp_path / "clip"
+    done = run_builder(stage, "--dest", str(dest), hub=hub, BAKE_WEIGHTS="clip")
+    assert done.returncode == 0, done.stderr
+    assert sorted(hub.gets()) == sorted(hub_name(rel) for rel in CLIP_FILES)
+    assert files_under(dest) == set(CLIP_FILES)
+    assert run_builder(stage, "--dest", str(dest), "--check", "--bake", "clip").returncode == 0
+    full = run_builder(stage, "--dest", str(dest), "--check")
+    assert full.returncode == 1 and "ootd/vae/config.json" in full.stderr
+
+    hub.requests.clear()
+    nothing = run_builder(stage, "--dest", str(tmp_path / "none"), "--bake", "none", hub=hub)
+    assert nothing.returncode == 0, nothing.stderr
+    assert hub.requests == [] and files_under(tmp_path / "none") == set()
+    assert run_builder(stage, "--dest", "/nonexistent", "--bake", "some").returncode == 2
+
+
+def test_check_accepts_the_converted_weights_in_place_of_the_hub_files(stage, hub, tmp_path):
+    dest = tmp_path / "weights"
+    assert run_builder(stage, "--dest", str(dest), "--model-types", "hd", hub=hub).returncode == 0
+    for hub_form, converted in CONVERTED_WEIGHTS.items():  # what builder.to_fp16 leaves
+        (dest / hub_form).rename(dest / converted)
+    check = run_builder(stage, "--dest", str(dest), "--check", "--model-types", "hd")
+    assert check.returncode == 0, check.stderr
+    (dest / CONVERTED_WEIGHTS[VAE_WEIGHTS]).unlink()
+    check = run_builder(stage, "--dest", str(dest), "--check", "--model-types", "hd")
+    assert check.returncode == 1
+    assert f"  missing: {VAE_WEIGHTS}" in check.stderr.splitlines()  # named by its hub form
 
 
 def test_rejects_unknown_model_type(stage):
