@@ -18,7 +18,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import handler
-from builder import BUILD_CONTEXT
 from builder.to_fp16 import convert_tree, parts, safetensors_dtypes
 from ootd import layout
 from ootd.pipeline import load_shared_components, load_unets
@@ -168,24 +167,16 @@ def run_command(stage: Path, root: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
 
 
-def test_the_command_runs_from_the_image_build_context(tiny_root, tmp_path):
+def test_the_command_runs_from_the_image_build_context(build_stage, tiny_root, tmp_path):
     """As the Dockerfile runs it: only `builder.BUILD_CONTEXT` copied in, before the project."""
-    stage = tmp_path / "stage"
-    for entry in BUILD_CONTEXT:
-        source, target = REPO_ROOT / entry, stage / entry
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
     weights = tmp_path / "weights"
     shutil.copytree(tiny_root / layout.VAE_DIR, weights / layout.VAE_DIR)
     before = (weights / layout.VAE_WEIGHTS).stat().st_size
-    done = run_command(stage, weights)
+    done = run_command(build_stage, weights)
     assert done.returncode == 0, done.stderr
     after = (weights / VAE_ST).stat().st_size
     assert f"{before} bytes before, {after} bytes after" in done.stdout
     assert not (weights / layout.VAE_WEIGHTS).exists()
 
-    missing = run_command(stage, tmp_path / "nowhere")
+    missing = run_command(build_stage, tmp_path / "nowhere")
     assert missing.returncode == 1 and "is not a folder" in missing.stderr
