@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import handler
-from builder.to_fp16 import convert_tree, parts, safetensors_dtypes
+from builder.to_fp16 import convert_tree, main, parts, safetensors_dtypes
 from ootd import layout
 from ootd.pipeline import load_shared_components, load_unets
 
@@ -153,6 +153,7 @@ def test_the_worker_serves_a_job_from_the_converted_tree(converted, monkeypatch)
     root, _ = converted
     monkeypatch.setenv("CHECKPOINTS_DIR", str(root))
     monkeypatch.setenv("EXTRA_RESOLUTIONS", "256x192")
+    monkeypatch.setenv("OOTD_MODEL_TYPES", "dc")  # one model type is enough, and loads faster
     garment = "data:image/png;base64," + base64.b64encode(GARMENT_PNG.read_bytes()).decode()
     result = handler.handler({"id": "fp16-job", "input": {
         "person_index": 0, "garment": garment, "model_type": "dc", "category": "lower_body",
@@ -178,5 +179,8 @@ def test_the_command_runs_from_the_image_build_context(build_stage, tiny_root, t
     assert f"{before} bytes before, {after} bytes after" in done.stdout
     assert not (weights / layout.VAE_WEIGHTS).exists()
 
-    missing = run_command(build_stage, tmp_path / "nowhere")
-    assert missing.returncode == 1 and "is not a folder" in missing.stderr
+
+
+def test_the_command_refuses_a_root_that_is_not_a_folder(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere")]) == 1
+    assert "is not a folder" in capsys.readouterr().err
