@@ -41,7 +41,7 @@ from builder.plan import (
     parse_model_types,
     weight_plan,
 )
-from ootd.layout import missing_files
+from ootd.layout import missing_files, present_form
 
 logger = logging.getLogger("builder.fetch_weights")
 
@@ -84,11 +84,13 @@ def download_one(
     """Fetch one file into place under `dest`, retrying transient failures with doubling waits.
 
     A file already in place is kept: files are moved in only once complete, so a re-run
-    after a failed build resumes where it stopped.
+    after a failed build resumes where it stopped, and a file `builder.to_fp16` has already
+    converted is not fetched again.
     """
+    present = present_form(dest, item.dest)
+    if present is not None:
+        return present
     target = dest / item.dest
-    if target.is_file():
-        return target
     staging = dest / STAGING_DIR / item.repo_id.replace("/", "--")
     for attempt in range(1, attempts + 1):
         try:

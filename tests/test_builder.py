@@ -244,6 +244,10 @@ def test_check_accepts_the_converted_weights_in_place_of_the_hub_files(build_sta
         (dest / hub_form).rename(dest / converted)
     check = run_builder(build_stage, "--dest", str(dest), "--check", "--model-types", "hd")
     assert check.returncode == 0, check.stderr
+    hub.requests.clear()
+    again = run_builder(build_stage, "--dest", str(dest), "--model-types", "hd", hub=hub)
+    assert again.returncode == 0, again.stderr
+    assert hub.gets() == []  # a converted file is not fetched again in its hub form
     (dest / CONVERTED_WEIGHTS[VAE_WEIGHTS]).unlink()
     check = run_builder(build_stage, "--dest", str(dest), "--check", "--model-types", "hd")
     assert check.returncode == 1
