@@ -94,7 +94,7 @@ class _Candidate:
 
 
 def cached_snapshots(cache: Path, repo_id: str) -> list[Place]:
-    """The snapshot folders of `repo_id` in a Hugging Face hub cache, the one `refs/main` names first.
+    """The snapshot folders of `repo_id` in a Hugging Face hub cache that may hold its files.
 
     With `refs/main` present only its snapshot counts (what Hugging Face itself would load);
     without it every snapshot is a candidate, in name order. A repo that is not cached at all
@@ -133,8 +133,9 @@ def locate_weights(settings: Settings) -> WeightSources:
         PREPROCESSING: [_Candidate(root, PREPROCESS_FILES, root.path) for root in roots],
     }
     found: dict[str, Found] = {}
-    tried: dict[Place, list[str]] = {}  # each failed place -> what it lacks (for every part looked for)
+    tried: dict[Place, list[str]] = {}  # for the parts found nowhere: each place -> what it lacks
     for part, candidates in wanted.items():
+        failures: list[tuple[Place, list[str]]] = []
         for candidate in candidates:
             place = candidate.place
             if not place.problem and not place.path.is_dir():
@@ -143,8 +144,11 @@ def locate_weights(settings: Settings) -> WeightSources:
             if not place.problem and not missing:
                 found[part] = Found(part, place.source, candidate.folder)
                 break
-            lacks = tried.setdefault(place, [])
-            lacks += [name for name in missing if name not in lacks]
+            failures.append((place, missing))
+        else:
+            for place, missing in failures:
+                lacks = tried.setdefault(place, [])
+                lacks += [name for name in missing if name not in lacks]
     lacking = [part for part in wanted if part not in found]
     if lacking:
         raise WeightsMissingError(
@@ -154,7 +158,7 @@ def locate_weights(settings: Settings) -> WeightSources:
 
 
 def _missing_message(lacking: Sequence[str], tried: dict[Place, list[str]], *, explicit: bool) -> str:
-    """One sentence per place looked in, then what is missing and how to provide it."""
+    """What each place looked in lacks (for the parts complete nowhere), then how to provide them."""
     findings = []
     for place, missing in tried.items():
         if place.problem:
