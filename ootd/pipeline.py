@@ -124,14 +124,11 @@ class SharedComponents:
     scheduler_config: dict[str, Any]
 
 
-def _check_files(root: Path, model_types: Sequence[str], clip_dir: Path | None = None) -> None:
+def _check_files(root: Path, model_types: Sequence[str], clip_dir: Path) -> None:
     for model_type in model_types:
         layout.check_model_type(model_type)
-    if clip_dir is None:
-        missing = layout.missing_files(root, layout.ootd_files(tuple(model_types)))
-    else:
-        missing = layout.missing_files(root, layout.diffusion_files(tuple(model_types)))
-        missing += [str(clip_dir / name) for name in layout.missing_files(clip_dir, layout.CLIP_FOLDER_FILES)]
+    missing = layout.missing_files(root, layout.diffusion_files(tuple(model_types)))
+    missing += [str(clip_dir / name) for name in layout.missing_files(clip_dir, layout.CLIP_FOLDER_FILES)]
     if missing:
         raise FileNotFoundError(f"checkpoint tree {root} lacks {len(missing)} files, e.g. {missing[:3]}")
 
@@ -562,7 +559,7 @@ def load_pipelines(
 
     `clip_dir`: CLIP's own folder when it is not `root/clip-vit-large-patch14`."""
     root = Path(root)
-    clip_dir = Path(clip_dir) if clip_dir is not None else None
+    clip_dir = Path(clip_dir) if clip_dir is not None else root / layout.CLIP_DIR
     model_types = tuple(model_types)
     if not model_types:
         raise ValueError("`model_types` must name at least one of hd, dc")
