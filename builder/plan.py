@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ootd.layout import CLIP_DIR, CLIP_FILES, MODEL_TYPES, check_model_type, ootd_files
+from ootd.layout import (
+    CLIP_DIR,
+    CLIP_FILES,
+    CLIP_REPO,
+    MODEL_TYPES,
+    OOTD_REPO,
+    OOTD_REPO_FOLDER,
+    check_model_type,
+    ootd_files,
+)
 from preprocess.layout import PREPROCESS_FILES
-
-OOTD_REPO = "levihsu/OOTDiffusion"
-OOTD_REPO_FOLDER = "checkpoints"  # the checkpoints root sits in this folder of the OOTD repo
-CLIP_REPO = "openai/clip-vit-large-patch14"  # its files sit at the repo root
 
 # What an image bakes (build argument BAKE_WEIGHTS): "all" = every file the worker loads for its
 # model types; "clip" = only the CLIP image encoder, for endpoints that take the OOTD checkpoints

@@ -8,6 +8,12 @@ from here so that they can never disagree.
 
 from pathlib import Path
 
+# The hub repos the published weights come from: the checkpoints root is the `checkpoints/`
+# folder of the OOTD repo; the CLIP image encoder's files sit at the root of its own repo.
+OOTD_REPO = "levihsu/OOTDiffusion"
+OOTD_REPO_FOLDER = "checkpoints"
+CLIP_REPO = "openai/clip-vit-large-patch14"
+
 MODEL_TYPES: tuple[str, ...] = ("hd", "dc")
 CHECKPOINT_STEP = "checkpoint-36000"
 
@@ -51,6 +57,8 @@ CLIP_FILES: tuple[str, ...] = (
     f"{CLIP_DIR}/model.safetensors",
     f"{CLIP_DIR}/preprocessor_config.json",
 )
+# The same files relative to the CLIP folder itself (a copy of the CLIP repo's root).
+CLIP_FOLDER_FILES: tuple[str, ...] = tuple(name.removeprefix(f"{CLIP_DIR}/") for name in CLIP_FILES)
 
 
 def unet_dir(model_type: str, which: str) -> str:
@@ -76,6 +84,11 @@ def ootd_files(model_types: tuple[str, ...] | list[str] = MODEL_TYPES) -> tuple[
     for model_type in model_types:
         files.extend(unet_files(model_type))
     return tuple(files)
+
+
+def diffusion_files(model_types: tuple[str, ...] | list[str] = MODEL_TYPES) -> tuple[str, ...]:
+    """`ootd_files` without CLIP's: the part that comes from the OOTD repo (CLIP may sit apart)."""
+    return tuple(name for name in ootd_files(model_types) if name not in CLIP_FILES)
 
 
 def check_model_type(model_type: str) -> str:

@@ -16,7 +16,10 @@ from ootd.layout import MODEL_TYPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_CHECKPOINTS_DIR = "/weights"
+# Where the Docker image bakes weights (all of them, only CLIP, or none: a build argument).
+DEFAULT_BAKED_WEIGHTS_DIR = "/weights"
+# Where RunPod mounts the Hugging Face repos an endpoint caches (the hub cache layout).
+RUNPOD_HF_HUB_CACHE = "/runpod-volume/huggingface-cache/hub"
 DEFAULT_MODEL_IMAGES_DIR = REPO_ROOT / "assets" / "models"
 MB = 1_000_000
 
@@ -25,7 +28,11 @@ MB = 1_000_000
 class Settings:
     """Everything the worker reads from its environment (the README lists the names)."""
 
-    checkpoints_dir: Path = Path(DEFAULT_CHECKPOINTS_DIR)
+    # Weights: an explicit CHECKPOINTS_DIR is the only place looked; without it each part is
+    # taken from the baked folder when complete there, else from the Hugging Face cache.
+    checkpoints_dir: Path | None = None
+    baked_weights_dir: Path = Path(DEFAULT_BAKED_WEIGHTS_DIR)
+    hf_hub_cache: Path = Path(RUNPOD_HF_HUB_CACHE)
     model_types: tuple[str, ...] = MODEL_TYPES
     model_images_dir: Path = DEFAULT_MODEL_IMAGES_DIR
     # Input images (URL downloads and base64 alike).
@@ -48,7 +55,10 @@ class Settings:
         """Build settings from `env` (default `os.environ`); a malformed value raises ValueError."""
         env = os.environ if env is None else env
         return cls(
-            checkpoints_dir=Path(env.get("CHECKPOINTS_DIR") or DEFAULT_CHECKPOINTS_DIR),
+            checkpoints_dir=_optional_path(env.get("CHECKPOINTS_DIR")),
+            baked_weights_dir=Path(env.get("BAKED_WEIGHTS_DIR") or DEFAULT_BAKED_WEIGHTS_DIR),
+            # Hugging Face's own variable, so a cache laid out by its tools is found as-is.
+            hf_hub_cache=Path(env.get("HF_HUB_CACHE") or RUNPOD_HF_HUB_CACHE),
             model_types=_model_types(env.get("OOTD_MODEL_TYPES") or ",".join(MODEL_TYPES)),
             model_images_dir=Path(env.get("MODEL_IMAGES_DIR") or DEFAULT_MODEL_IMAGES_DIR),
             max_input_bytes=_positive(env, "MAX_INPUT_BYTES", cls.max_input_bytes, int),
@@ -64,6 +74,11 @@ class Settings:
             progress_every=_positive(env, "PROGRESS_EVERY", cls.progress_every, int),
             extra_resolutions=_resolutions(env.get("EXTRA_RESOLUTIONS") or ""),
         )
+
+
+def _optional_path(raw: str | None) -> Path | None:
+    """A path from a variable, or None when it is unset or blank (so "set explicitly" means set)."""
+    return Path(raw.strip()) if raw and raw.strip() else None
 
 
 def _model_types(raw: str) -> tuple[str, ...]:
