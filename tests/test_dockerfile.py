@@ -23,7 +23,7 @@ from builder import BUILD_CONTEXT
 from builder.plan import required_files
 from builder.to_fp16 import safetensors_dtypes
 from ootd.layout import CLIP_FILES, CONVERTED_WEIGHTS, VAE_WEIGHTS, missing_files
-from worker.config import DEFAULT_CHECKPOINTS_DIR
+from worker.config import DEFAULT_BAKED_WEIGHTS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -179,7 +179,7 @@ def test_weights_are_baked_outside_the_network_volume_with_a_secret_token(parsed
     assert "--mount=type=secret,id=hf_token" in run
     words = shlex.split(run)
     dest = words[words.index("--dest") + 1]
-    assert dest == DEFAULT_CHECKPOINTS_DIR  # where the worker looks for baked weights
+    assert dest == DEFAULT_BAKED_WEIGHTS_DIR  # where the worker looks for baked weights
     assert not dest.startswith("/runpod-volume")
     assert '--model-types "${OOTD_MODEL_TYPES}"' in run
     assert '--bake "${BAKE_WEIGHTS}"' in run
@@ -250,7 +250,7 @@ def test_weights_step_runs_as_written(parsed, build_stage, tiny_root, tmp_path):
                "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
                "OOTD_MODEL_TYPES": "hd", "BAKE_WEIGHTS": "all", "WEIGHTS_DTYPE": "fp16",
                "OOTD_REVISION": "main", "CLIP_REVISION": "main", **args}  # fmt: skip
-        command = script.replace(DEFAULT_CHECKPOINTS_DIR, str(dest))
+        command = script.replace(DEFAULT_BAKED_WEIGHTS_DIR, str(dest))
         return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=build_stage, env=env,
                               capture_output=True, text=True, timeout=180)
 
