@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.config import Settings
-from worker.runtime import load_runtime
+from worker.runtime import get_runtime
 from worker.warmup import WARMUP_STEPS, smallest_resolution, warm_up
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def runtime(tiny_root):
-    return load_runtime(Settings(checkpoints_dir=tiny_root))
+    return get_runtime(Settings(checkpoints_dir=tiny_root))  # shared with the other in-process tests
 
 
 def test_smallest_published_resolution() -> None:
@@ -67,10 +67,6 @@ def test_warm_up_runs_pose_parsing_and_a_short_diffusion_per_model_type(runtime,
         # Guidance on (the default 2.0): both halves in one batch, at the smallest published size.
         assert shapes[f"{model_type}/unet_vton"] == (2, 8, height // 8, width // 8)
     assert calls["vae.decode"] == len(runtime.pipelines)
-
-
-def test_warm_up_without_a_preprocessor_runs_only_the_diffusion(runtime) -> None:
-    assert warm_up({"hd": runtime.pipelines["hd"]}, None) > 0
 
 
 def test_warmup_imports_nothing_of_runpod_boto3_or_the_worker_transport() -> None:
