@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import handler
 from builder.to_fp16 import convert_tree, main, parts, safetensors_dtypes
@@ -184,3 +184,20 @@ def test_the_command_runs_from_the_image_build_context(build_stage, tiny_root, t
 def test_the_command_refuses_a_root_that_is_not_a_folder(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_loader_prefers_the_converted_file_and_keeps_its_strict_key_check(converted, tmp_path):
+    root = tmp_path / "tree"
+    for folder in (layout.VAE_DIR, layout.TEXT_ENCODER_DIR, layout.TOKENIZER_DIR, layout.SCHEDULER_DIR,
+                   layout.CLIP_DIR):  # fmt: skip
+        shutil.copytree(converted[0] / folder, root / folder)
+    zeros = {key: torch.zeros_like(value) for key, value in load_file(root / VAE_ST).items()}
+    torch.save(zeros, root / layout.VAE_WEIGHTS)  # a stale pickle beside the converted file
+    vae = load_shared_components(root, "cpu", torch.float16).vae
+    assert_same_state(load_shared_components(converted[0], "cpu", torch.float16).vae, vae)
+
+    text = load_file(root / TEXT_ST)
+    del text["text_model.final_layer_norm.weight"]
+    save_file(text, root / TEXT_ST, metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match=r"text_encoder.*missing"):
+        load_shared_components(root, "cpu", torch.float16)
