@@ -49,6 +49,12 @@ class Settings:
     # "HxW" output sizes allowed beyond the published three (3:4, multiples of 64), e.g. "256x192"
     # so that CPU tests on the tiny checkpoints take a second instead of a minute.
     extra_resolutions: tuple[str, ...] = ()
+    # Without CUDA the worker refuses to start (it would load ~15 GB of fp32 weights into RAM and
+    # time out on every job); local CPU runs, demos and tests opt in.
+    allow_cpu: bool = False
+    # One short run of every GPU stage after loading, so the first job does not pay for kernel
+    # selection and allocator growth (worker/warmup.py).
+    warmup: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -73,6 +79,8 @@ class Settings:
             max_inline_bytes=_positive(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, int),
             progress_every=_positive(env, "PROGRESS_EVERY", cls.progress_every, int),
             extra_resolutions=_resolutions(env.get("EXTRA_RESOLUTIONS") or ""),
+            allow_cpu=_flag(env, "ALLOW_CPU", cls.allow_cpu),
+            warmup=_flag(env, "WARMUP", cls.warmup),
         )
 
 
@@ -103,6 +111,20 @@ def _resolutions(raw: str) -> tuple[str, ...]:
                 f"EXTRA_RESOLUTIONS entries must be HxW, 3:4 and multiples of 64 (like 256x192), not {name!r}"
             )
     return names
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Read a yes/no setting ("true"/"false", "1"/"0", "yes"/"no", "on"/"off"), else `default`."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise ValueError(f"{name} must be true or false, not {env[name]!r}")
 
 
 def _positive(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):
