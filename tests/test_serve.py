@@ -29,6 +29,8 @@ from serve_support import GateServer, WebhookReceiver
 from test_handler_process import worker_env
 from worker_support import free_port, image_bytes
 
+from worker.serve import RUN_BODY_LIMIT
+
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "local-key-3b9e71d0c2"  # distinctive, so the log can be searched for it
 ENDPOINT = "ootd-local"
@@ -147,13 +149,18 @@ def test_bad_job_fails_with_the_workers_sentence_and_the_next_job_is_served(sdk:
     assert set(output["timings"]) >= {"mask", "diffusion", "total"}
 
 
-def test_sdk_run_status_output_stream_and_webhook(sdk: str, server) -> None:
+def test_sdk_run_status_output_stream_webhook_and_s3config(sdk: str, s3_server, s3_bucket: str) -> None:
     receiver = WebhookReceiver()
     try:
-        job = runpod.Endpoint(ENDPOINT).run({"input": small_job(seed=12), "webhook": receiver.url()})
+        bucket = s3_server.s3_config(s3_bucket)
+        request = {"input": small_job(seed=12), "webhook": receiver.url(), "s3Config": bucket}
+        job = runpod.Endpoint(ENDPOINT).run(request)
         assert job.status() in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
         output = job.output(timeout=300)
         assert job.status() == "COMPLETED" and output["seed"] == 12
+        # s3Config beside input reaches the job, as on RunPod: the image comes back as a URL.
+        url = output["images"][0]["url"]
+        assert f"/{s3_bucket}/{job.job_id}/0.png" in url and s3_server.get(url)[:2] == (200, "image/png")
         # /stream gives the progress update (PROGRESS_EVERY=1 but never on the last step: none
         # for a one-step job) and then the output, each once; the SDK stops at the final state.
         chunks = list(job.stream())
@@ -199,9 +206,7 @@ def test_cancel_of_a_running_job_discards_its_result(sdk: str, gate: GateServer)
     assert status == 200 and body["status"] == "CANCELLED" and "error" not in body and "output" not in body
 
 
-def test_asyncio_endpoint_run_output_cancel_and_health_with_s3config(
-    sdk: str, gate: GateServer, s3_server, s3_bucket: str
-) -> None:
+def test_asyncio_endpoint_run_output_cancel_and_health(sdk: str, gate: GateServer) -> None:
     async def scenario() -> tuple:
         async with runpod.http_client.AsyncClientSession() as session:
             endpoint = runpod.AsyncioEndpoint(ENDPOINT, session)
@@ -221,14 +226,6 @@ def test_asyncio_endpoint_run_output_cancel_and_health_with_s3config(
     assert first in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED") and output["seed"] == 13
     assert cancelled["status"] == "CANCELLED" and queued_status == "CANCELLED"
     assert health["jobs"]["inProgress"] == 1 and health["jobs"]["inQueue"] == 0
-
-    # s3Config in the request body reaches the job, as on RunPod: the image comes back as a URL.
-    request = {"input": small_job(), "s3Config": s3_server.s3_config(s3_bucket)}
-    _, body = call("POST", f"{sdk}/{ENDPOINT}/runsync", request)
-    assert body["status"] == "COMPLETED", body
-    url = body["output"]["images"][0]["url"]
-    assert f"/{s3_bucket}/{body['id']}/0.png" in url
-    assert s3_server.get(url)[:2] == (200, "image/png")
 
 
 def test_runsync_that_outlasts_its_wait_answers_the_id_then_status_follows(sdk: str, gate: GateServer):
@@ -277,4 +274,6 @@ def test_wrong_key_unknown_job_and_malformed_requests(server) -> None:
         400, {"error": "webhook: it must be an http(s) URL"}
     )  # fmt: skip
     assert call("POST", f"{url}/runsync?wait=soon", {"input": {}})[0] == 400
+    status, body = call("POST", f"{url}/run", {"input": {"garment": "A" * RUN_BODY_LIMIT}})
+    assert status == 413 and "over the 10 MB allowed" in body["error"]
     assert API_KEY not in log_path.read_text()

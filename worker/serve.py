@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 
 from worker.config import MB, Settings
 from worker.job import ProgressSink, handle
-from worker.jobqueue import JobQueue
+from worker.jobqueue import FINAL, IN_QUEUE, JobQueue
 from worker.runtime import Runtime, WeightsMissingError, get_runtime
 from worker.webhook import deliver, webhook_problem
 
@@ -111,9 +111,9 @@ def create_app(queue: JobQueue, api_key: str | None = None) -> FastAPI:
         seconds = _wait_seconds(wait)
         job = queue.submit(await _job_request(request, RUNSYNC_BODY_LIMIT), sync=True)
         view = await asyncio.to_thread(queue.wait, job["id"], seconds)
-        if view is None or view["status"] in ("IN_QUEUE", "IN_PROGRESS"):
+        if view is None or view["status"] not in FINAL:
             # Like RunPod: the id and state only; the client polls /status for the rest.
-            return {"id": job["id"], "status": view["status"] if view else "IN_QUEUE"}
+            return {"id": job["id"], "status": view["status"] if view else IN_QUEUE}
         return view
 
     @router.api_route("/status/{job_id}", methods=["GET", "POST"])
@@ -143,13 +143,14 @@ def create_app(queue: JobQueue, api_key: str | None = None) -> FastAPI:
 
 async def _job_request(request: Request, limit: int) -> dict:
     """The request body as RunPod takes it: a JSON object with an `input` object."""
-    declared = request.headers.get("content-length", "")
-    size, body = (int(declared), b"") if declared.isdigit() else (0, b"")
-    if size <= limit:  # an announced oversized body is refused unread
-        body = await request.body()
-        size = len(body)
+    chunks, size = [], 0
+    async for chunk in request.stream():  # drained to the end, so the client can read the answer
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
     if size > limit:
         raise ApiError(413, f"the request body is {size / MB:.1f} MB, over the {limit / MB:g} MB allowed")
+    body = b"".join(chunks)
     try:
         data = json.loads(body)
     except ValueError:
