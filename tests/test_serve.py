@@ -253,7 +253,7 @@ def test_purge_queue_cancels_waiting_jobs_only(sdk: str, gate: GateServer) -> No
     assert call("GET", f"{sdk}/{ENDPOINT}/status/{held['id']}")[1]["status"] == "IN_PROGRESS"
 
 
-def test_wrong_key_unknown_job_and_malformed_requests(server) -> None:
+def test_wrong_key_unknown_job_and_malformed_requests(server, s3_server) -> None:
     base, log_path = server
     url = f"{base}/{ENDPOINT}"
     assert call("GET", f"{url}/health", key="wrong")[0] == 401
@@ -276,4 +276,5 @@ def test_wrong_key_unknown_job_and_malformed_requests(server) -> None:
     assert call("POST", f"{url}/runsync?wait=soon", {"input": {}})[0] == 400
     status, body = call("POST", f"{url}/run", {"input": {"garment": "A" * RUN_BODY_LIMIT}})
     assert status == 413 and "over the 10 MB allowed" in body["error"]
-    assert API_KEY not in log_path.read_text()
+    log = log_path.read_text()
+    assert API_KEY not in log and s3_server.secret_key not in log  # nor the s3Config secret of a job

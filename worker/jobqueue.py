@@ -150,8 +150,8 @@ class JobQueue:
             self._jobs[job.id] = job
             self._pending.append(job)
             self._lock.notify_all()
-            view = job.view()
-        log.info("job %s queued (%d waiting)", job.id, len(self._pending))
+            view, waiting = job.view(), len(self._pending)
+        log.info("job %s queued (%d waiting)", job.id, waiting)
         return view
 
     def status(self, job_id: str) -> dict | None:
