@@ -67,14 +67,8 @@ def server(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """`python -m worker.serve` on a free loopback port; yields (base URL up to /v2, log path)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = worker_env(
-        tiny_root,
-        LOCAL_API_KEY=API_KEY,
-        PROGRESS_EVERY="1",
-        ALLOW_CPU="true",
-        WARMUP="false",
-        UVICORN_LOG_LEVEL="warning",
-    )
+    env = worker_env(tiny_root, LOCAL_API_KEY=API_KEY, PROGRESS_EVERY="1", UVICORN_LOG_LEVEL="warning")
+    env.update(ALLOW_CPU="true", WARMUP="false")  # CPU allowed, no warm-up job before the first test
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker.serve", "--port", str(port)],
