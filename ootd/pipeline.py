@@ -124,25 +124,43 @@ class SharedComponents:
     scheduler_config: dict[str, Any]
 
 
-def _check_files(root: Path, model_types: Sequence[str]) -> None:
+def _check_files(root: Path, model_types: Sequence[str], clip_dir: Path) -> None:
     for model_type in model_types:
         layout.check_model_type(model_type)
-    missing = layout.missing_files(root, layout.ootd_files(tuple(model_types)))
+    missing = layout.missing_files(root, layout.diffusion_files(tuple(model_types)))
+    missing += [str(clip_dir / name) for name in layout.missing_files(clip_dir, layout.CLIP_FOLDER_FILES)]
     if missing:
         raise FileNotFoundError(f"checkpoint tree {root} lacks {len(missing)} files, e.g. {missing[:3]}")
 
 
+def _is_safetensors(root: Path, listed: str) -> bool:
+    """Whether the file standing for `listed` is the converted safetensors form (else the hub's
+    pickle). Told to the loaders explicitly, so that they read the file `missing_files` found."""
+    present = layout.present_form(root, listed)
+    return present is not None and present.suffix == ".safetensors"
+
+
 def load_shared_components(
-    root: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    root: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    clip_dir: str | Path | None = None,
 ) -> SharedComponents:
     """Load VAE (`dtype`), text encoder + CLIP image encoder (float32, as published), tokenizer,
-    CLIP image processor and the scheduler config from local files only."""
+    CLIP image processor and the scheduler config from local files only.
+
+    CLIP is read from `clip_dir` when given (a copy of its own hub repo, e.g. a Hugging Face
+    cache snapshot: the OOTD repo does not hold it), else from `root/clip-vit-large-patch14`.
+    """
     root = Path(root)
+    clip_dir = Path(clip_dir) if clip_dir is not None else root / layout.CLIP_DIR
     device, dtype = resolve_device_dtype(device, dtype)
+    # Either form of the weights (layout.CONVERTED_WEIGHTS): the hub's fp32 pickle, or the fp16
+    # safetensors of `builder.to_fp16`, whose values are exactly this cast to fp16.
     vae, info = AutoencoderKL.from_pretrained(
         root / layout.VAE_DIR,
         torch_dtype=dtype,
-        use_safetensors=False,  # the hub holds only an fp32 .bin here
+        use_safetensors=_is_safetensors(root, layout.VAE_WEIGHTS),
         local_files_only=True,
         output_loading_info=True,
     )
@@ -151,17 +169,18 @@ def load_shared_components(
         text_encoder, info = CLIPTextModel.from_pretrained(
             root / layout.TEXT_ENCODER_DIR,
             dtype=torch.float32,
+            use_safetensors=_is_safetensors(root, layout.TEXT_ENCODER_WEIGHTS),
             local_files_only=True,
             output_loading_info=True,
         )
         _raise_on_bad_keys("text_encoder", info)
         image_encoder, info = CLIPVisionModelWithProjection.from_pretrained(
-            root / layout.CLIP_DIR, dtype=torch.float32, local_files_only=True, output_loading_info=True
+            clip_dir, dtype=torch.float32, local_files_only=True, output_loading_info=True
         )
         _raise_on_bad_keys("image_encoder", info, allowed_unexpected=CLIP_TEXT_TOWER_PREFIXES)
         # The PIL backend explicitly: its pixel values match the published processor's, and the
         # torchvision one (picked whenever torchvision is installed) is untested for parity.
-        image_processor = CLIPImageProcessorPil.from_pretrained(root / layout.CLIP_DIR, local_files_only=True)
+        image_processor = CLIPImageProcessorPil.from_pretrained(clip_dir, local_files_only=True)
     # Always from the folder: building a transformers-5 CLIPTokenizer from file arguments
     # silently yields a 3-token vocabulary (environment notes).
     tokenizer = CLIPTokenizer.from_pretrained(root / layout.TOKENIZER_DIR, local_files_only=True)
@@ -543,16 +562,20 @@ def load_pipelines(
     model_types: Sequence[str] = layout.MODEL_TYPES,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    clip_dir: str | Path | None = None,
 ) -> dict[str, OOTDiffusionPipeline]:
     """One pipeline per model type, sharing one VAE, text encoder, tokenizer, CLIP image encoder
-    and processor (loaded once); each gets its own scheduler (it keeps per-run state)."""
+    and processor (loaded once); each gets its own scheduler (it keeps per-run state).
+
+    `clip_dir`: CLIP's own folder when it is not `root/clip-vit-large-patch14`."""
     root = Path(root)
+    clip_dir = Path(clip_dir) if clip_dir is not None else root / layout.CLIP_DIR
     model_types = tuple(model_types)
     if not model_types:
         raise ValueError("`model_types` must name at least one of hd, dc")
-    _check_files(root, model_types)
+    _check_files(root, model_types, clip_dir)
     device, dtype = resolve_device_dtype(device, dtype)
-    shared = load_shared_components(root, device, dtype)
+    shared = load_shared_components(root, device, dtype, clip_dir=clip_dir)
     pipelines: dict[str, OOTDiffusionPipeline] = {}
     for model_type in model_types:
         unet_garm, unet_vton = load_unets(root, model_type, device, dtype)

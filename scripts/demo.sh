@@ -10,6 +10,7 @@ if [ ! -f tiny-checkpoints/ootd/scheduler/scheduler_config.json ] || \
    [ ! -f tiny-checkpoints/openpose/ckpts/body_pose_model.pth ]; then
   .venv/bin/python -m tiny_checkpoints tiny-checkpoints
 fi
-CHECKPOINTS_DIR="${CHECKPOINTS_DIR:-tiny-checkpoints}" \
+# ALLOW_CPU: a demo on a machine without CUDA is meant to run on the CPU.
+CHECKPOINTS_DIR="${CHECKPOINTS_DIR:-tiny-checkpoints}" ALLOW_CPU="${ALLOW_CPU:-true}" \
   exec .venv/bin/python -m worker.local test_input.json --out outputs \
     --set steps=2 --set return_mask=true "$@"

@@ -92,6 +92,8 @@ def test_deployed_worker_reports_errors_progress_and_results(tiny_root: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "RUNPOD_"))}
     env.update(
         CHECKPOINTS_DIR=str(tiny_root),
+        ALLOW_CPU="true",  # no CUDA here
+        WARMUP="false",  # covered by test_handler_process
         EXTRA_RESOLUTIONS="256x192",
         PROGRESS_EVERY="1",
         PYTHONUNBUFFERED="1",

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from worker_support import FileServer, free_port, image_bytes
 
@@ -29,10 +31,11 @@ TEST_INPUT = REPO / "test_input.json"
 
 
 def worker_env(tiny_root: Path, **extra: str) -> dict[str, str]:
-    inherited = ("BUCKET_", "RUNPOD_WEBHOOK", "RUNPOD_LOG", "RUNPOD_DEBUG")
+    inherited = ("BUCKET_", "RUNPOD_WEBHOOK", "RUNPOD_LOG", "RUNPOD_DEBUG", "ALLOW_CPU", "WARMUP")
     env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     env.update(
         CHECKPOINTS_DIR=str(tiny_root),
+        ALLOW_CPU="true",  # no CUDA here: the worker would refuse to start
         EXTRA_RESOLUTIONS="256x192",
         RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS="true",
         PYTHONUNBUFFERED="1",
@@ -82,7 +85,33 @@ def test_handler_test_input_end_to_end_at_768x1024(tiny_root: Path, s3_server, s
     image.load()
     assert image.format == "PNG" and image.size == (768, 1024)
     assert "loaded models hd,dc and the preprocessor" in done.stderr  # the cold start is logged
+    # What runs where, then the warm-up, both before the job.
+    assert "running on cpu, float32, models hd,dc; torch " in done.stderr
+    assert "parsing providers CPUExecutionProvider" in done.stderr
+    assert re.search(r"warm-up done in \d+\.\d s", done.stderr)
     assert s3_server.secret_key not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_handler_without_cuda_refuses_to_start_in_one_line_unless_allow_cpu(tiny_root: Path) -> None:
+    env = worker_env(tiny_root)
+    del env["ALLOW_CPU"]
+    done = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", json.dumps({"input": {}})],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    # The one line of the log (the SDK's own "Log level set to INFO" goes to stdout).
+    (line,) = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line.endswith(
+        f"cannot start: no CUDA GPU is available to torch {torch.__version__}, and on the CPU every job "
+        "would time out; set ALLOW_CPU=true to run on the CPU anyway (local runs and tests)"
+    )
+    assert "loaded models" not in done.stderr  # refused before loading 15 GB into RAM
 
 
 def test_handler_refuses_to_start_without_weights(tmp_path: Path) -> None:
@@ -126,7 +155,8 @@ def api(tiny_root: Path):
             str(port),
         ],
         cwd=REPO,
-        env=worker_env(tiny_root, UVICORN_LOG_LEVEL="warning"),
+        # The warm-up is covered by the --test_input run; here it would only delay the fixture.
+        env=worker_env(tiny_root, UVICORN_LOG_LEVEL="warning", WARMUP="false"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,7 +16,10 @@ from ootd.layout import MODEL_TYPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_CHECKPOINTS_DIR = "/weights"
+# Where the Docker image bakes weights (all of them, only CLIP, or none: a build argument).
+DEFAULT_BAKED_WEIGHTS_DIR = "/weights"
+# Where RunPod mounts the Hugging Face repos an endpoint caches (the hub cache layout).
+RUNPOD_HF_HUB_CACHE = "/runpod-volume/huggingface-cache/hub"
 DEFAULT_MODEL_IMAGES_DIR = REPO_ROOT / "assets" / "models"
 MB = 1_000_000
 
@@ -25,7 +28,11 @@ MB = 1_000_000
 class Settings:
     """Everything the worker reads from its environment (the README lists the names)."""
 
-    checkpoints_dir: Path = Path(DEFAULT_CHECKPOINTS_DIR)
+    # Weights: an explicit CHECKPOINTS_DIR is the only place looked; without it each part is
+    # taken from the baked folder when complete there, else from the Hugging Face cache.
+    checkpoints_dir: Path | None = None
+    baked_weights_dir: Path = Path(DEFAULT_BAKED_WEIGHTS_DIR)
+    hf_hub_cache: Path = Path(RUNPOD_HF_HUB_CACHE)
     model_types: tuple[str, ...] = MODEL_TYPES
     model_images_dir: Path = DEFAULT_MODEL_IMAGES_DIR
     # Input images (URL downloads and base64 alike).
@@ -42,13 +49,22 @@ class Settings:
     # "HxW" output sizes allowed beyond the published three (3:4, multiples of 64), e.g. "256x192"
     # so that CPU tests on the tiny checkpoints take a second instead of a minute.
     extra_resolutions: tuple[str, ...] = ()
+    # Without CUDA the worker refuses to start (it would load ~15 GB of fp32 weights into RAM and
+    # time out on every job); local CPU runs, demos and tests opt in.
+    allow_cpu: bool = False
+    # One short run of every GPU stage after loading, so the first job does not pay for kernel
+    # selection and allocator growth (worker/warmup.py).
+    warmup: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from `env` (default `os.environ`); a malformed value raises ValueError."""
         env = os.environ if env is None else env
         return cls(
-            checkpoints_dir=Path(env.get("CHECKPOINTS_DIR") or DEFAULT_CHECKPOINTS_DIR),
+            checkpoints_dir=_optional_path(env.get("CHECKPOINTS_DIR")),
+            baked_weights_dir=Path(env.get("BAKED_WEIGHTS_DIR") or DEFAULT_BAKED_WEIGHTS_DIR),
+            # Hugging Face's own variable, so a cache laid out by its tools is found as-is.
+            hf_hub_cache=Path(env.get("HF_HUB_CACHE") or RUNPOD_HF_HUB_CACHE),
             model_types=_model_types(env.get("OOTD_MODEL_TYPES") or ",".join(MODEL_TYPES)),
             model_images_dir=Path(env.get("MODEL_IMAGES_DIR") or DEFAULT_MODEL_IMAGES_DIR),
             max_input_bytes=_positive(env, "MAX_INPUT_BYTES", cls.max_input_bytes, int),
@@ -63,7 +79,14 @@ class Settings:
             max_inline_bytes=_positive(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, int),
             progress_every=_positive(env, "PROGRESS_EVERY", cls.progress_every, int),
             extra_resolutions=_resolutions(env.get("EXTRA_RESOLUTIONS") or ""),
+            allow_cpu=_flag(env, "ALLOW_CPU", cls.allow_cpu),
+            warmup=_flag(env, "WARMUP", cls.warmup),
         )
+
+
+def _optional_path(raw: str | None) -> Path | None:
+    """A path from a variable, or None when it is unset or blank (so "set explicitly" means set)."""
+    return Path(raw.strip()) if raw and raw.strip() else None
 
 
 def _model_types(raw: str) -> tuple[str, ...]:
@@ -88,6 +111,20 @@ def _resolutions(raw: str) -> tuple[str, ...]:
                 f"EXTRA_RESOLUTIONS entries must be HxW, 3:4 and multiples of 64 (like 256x192), not {name!r}"
             )
     return names
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Read a yes/no setting ("true"/"false", "1"/"0", "yes"/"no", "on"/"off"), else `default`."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise ValueError(f"{name} must be true or false, not {env[name]!r}")
 
 
 def _positive(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):

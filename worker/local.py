@@ -4,20 +4,26 @@ The RunPod SDK's own local mode (`python handler.py`) prints the result, base64 
 log; this runs the same handler code on a job file (default `test_input.json`) and saves what
 comes back as files, which is what a person trying the worker on a laptop wants. Field values
 can be overridden for a quick CPU run, e.g. `--set steps=2 --set resolution=512x384`.
+
+Unlike the deployed worker it runs on the CPU without being told (ALLOW_CPU defaults to true) and
+skips the warm-up (WARMUP defaults to false: the one job it runs is the first anyway); either
+variable set in the environment wins.
 """
 
 import argparse
 import base64
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from worker.config import Settings
 from worker.images import EXTENSIONS
 from worker.job import handle
-from worker.runtime import WeightsMissingError, get_runtime
+from worker.startup import StartupError, start
 
+LOCAL_DEFAULTS = {"ALLOW_CPU": "true", "WARMUP": "false"}
 _EXTENSION_OF = {f"image/{name}": extension for name, extension in EXTENSIONS.items()}
 
 
@@ -36,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         field, _, raw = item.partition("=")
         job["input"][field] = _value(raw)
-    settings = Settings.from_env()
     try:
-        runtime = get_runtime(settings)
-    except (WeightsMissingError, ValueError) as error:
+        settings = Settings.from_env({**LOCAL_DEFAULTS, **os.environ})
+        runtime = start(settings)
+    except (StartupError, ValueError) as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return 1
     result = handle(job, runtime, settings)

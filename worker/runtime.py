@@ -2,9 +2,9 @@
 
 Loading takes seconds on the tiny checkpoints and tens of seconds on the real 15 GB ones, so
 it happens once, at cold start (`handler.py` calls `get_runtime` before it starts the RunPod
-loop) or, when the handler is imported by a test, on the first job. Files are read from
-`CHECKPOINTS_DIR` only; nothing is downloaded, and a missing file is reported by name before
-any model is built.
+loop) or, when the handler is imported by a test, on the first job. `worker.weights` picks the
+folder of each part (CHECKPOINTS_DIR, the baked weights, RunPod's model cache); nothing is
+downloaded, and missing files are reported by name before any model is built.
 """
 
 import logging
@@ -15,17 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ootd.layout import missing_files, ootd_files
-from preprocess.layout import PREPROCESS_FILES
 from worker.config import Settings
+from worker.weights import WeightsMissingError, locate_weights
+
+__all__ = ["Runtime", "WeightsMissingError", "get_runtime", "house_model_photos", "load_runtime"]
 
 log = logging.getLogger(__name__)
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-class WeightsMissingError(RuntimeError):
-    """The checkpoint folder lacks files the worker needs (raised at start-up, never per job)."""
 
 
 @dataclass
@@ -42,35 +39,38 @@ class Runtime:
 
 
 def load_runtime(settings: Settings) -> Runtime:
-    """Check the checkpoint tree, then load the pipelines (sharing VAE, text, CLIP) and the preprocessor."""
-    root = settings.checkpoints_dir
-    missing = missing_files(root, list(ootd_files(settings.model_types)) + list(PREPROCESS_FILES))
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise WeightsMissingError(
-            f"CHECKPOINTS_DIR={root} lacks {len(missing)} file(s) the worker needs: {shown}. "
-            "Point CHECKPOINTS_DIR at the published checkpoints folder (the Docker image bakes it in at "
-            "/weights), or for a local run write the tiny test tree with "
-            "`python -m tiny_checkpoints tiny-checkpoints` and set CHECKPOINTS_DIR=tiny-checkpoints."
-        )
+    """Find each part of the weights, then load the pipelines (sharing VAE, text, CLIP) and preprocessor."""
+    sources = locate_weights(settings)
+    for line in sources.describe():
+        log.info("weights: %s", line)
     from ootd import load_pipelines
     from preprocess import Preprocessor
 
     start = time.perf_counter()
-    pipelines = load_pipelines(root, model_types=settings.model_types)
-    preprocessor = Preprocessor.from_checkpoints(root)
+    pipelines = load_pipelines(
+        sources.diffusion.folder, model_types=settings.model_types, clip_dir=sources.clip.folder
+    )
+    preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder)
     seconds = time.perf_counter() - start
-    log.info("loaded models %s and the preprocessor from %s in %.1f s", ",".join(pipelines), root, seconds)
+    log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
     return Runtime(pipelines=pipelines, preprocessor=preprocessor, load_seconds=seconds)
 
 
 _lock = threading.Lock()
-_runtimes: dict[tuple[Path, tuple[str, ...]], Runtime] = {}
+_runtimes: dict[tuple[Path | None, Path, Path, tuple[str, ...]], Runtime] = {}
 
 
 def get_runtime(settings: Settings) -> Runtime:
-    """The process-wide runtime for these checkpoints and model types, loaded on first use."""
-    key = (settings.checkpoints_dir.resolve(), settings.model_types)
+    """The process-wide runtime for these weight settings and model types, loaded on first use.
+
+    Keyed by the settings, not by the folders found, so that a job costs no file-system look-up.
+    """
+    key = (
+        settings.checkpoints_dir.resolve() if settings.checkpoints_dir else None,
+        settings.baked_weights_dir,
+        settings.hf_hub_cache,
+        settings.model_types,
+    )
     with _lock:
         if key not in _runtimes:
             _runtimes[key] = load_runtime(settings)

@@ -1,0 +1,129 @@
+"""The worker's start-up: device policy -> load -> log what runs where -> warm-up.
+
+Every entry point that serves jobs (`handler.py`, `python -m worker.local`, the local endpoint
+in `worker/serve.py`) calls `start` before its first job, so they all refuse the same things
+with the same sentence:
+
+- no CUDA device and no `ALLOW_CPU=true`: a GPU worker that silently falls back to the CPU loads
+  ~15 GB of fp32 weights into RAM and then times out on every job, which is worse than not
+  starting (RunPod shows the failed start, and the reason is one log line);
+- on CUDA, onnxruntime-gpu is installed but the parsing sessions did not get its CUDA provider
+  (usually cuDNN/cuBLAS not found): parsing would run on the CPU, seconds per job, unnoticed.
+
+Then one log line says what actually runs (device, dtype, GPU and its memory, library versions,
+the parsing providers in use), and the warm-up runs unless `WARMUP=false`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+import onnxruntime as ort
+import torch
+
+from ootd.pipeline import resolve_device_dtype
+from preprocess.parsing import CUDA_PROVIDER
+from worker.config import Settings
+from worker.gpu_errors import classify_gpu_failure, failure_detail
+from worker.runtime import Runtime, WeightsMissingError, get_runtime
+from worker.warmup import warm_up
+
+log = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "onnxruntime")
+
+
+class StartupError(RuntimeError):
+    """The worker must not take jobs; `str(error)` is the one-line reason (and how to fix it)."""
+
+
+def start(settings: Settings) -> Runtime:
+    """Check the device, load the models (once per process), log the set-up, warm up; or refuse.
+
+    Raises `StartupError` with a one-line reason; a GPU failure during the warm-up is one too.
+    """
+    device, _ = resolve_device_dtype(None, None)
+    if device.type != "cuda":
+        if not settings.allow_cpu:
+            raise StartupError(
+                f"no CUDA GPU is available to torch {torch.__version__}, and on the CPU every job "
+                "would time out; set ALLOW_CPU=true to run on the CPU anyway (local runs and tests)"
+            )
+        log.warning("no CUDA GPU: running on the CPU because ALLOW_CPU=true")
+    try:
+        runtime = get_runtime(settings)
+    except WeightsMissingError as error:
+        raise StartupError(str(error)) from None
+    providers = parsing_providers(runtime)
+    if device.type == "cuda":
+        problem = parsing_provider_problem(providers, ort.get_available_providers())
+        if problem:
+            raise StartupError(problem)
+    log.info("running on %s", describe(runtime, providers))
+    if not settings.warmup:
+        log.info("warm-up skipped (WARMUP=false)")
+        return runtime
+    try:
+        seconds = warm_up(runtime.pipelines, runtime.preprocessor)
+    except Exception as error:
+        if classify_gpu_failure(error) is None:
+            raise
+        detail = failure_detail(error)
+    else:
+        log.info("warm-up done in %.1f s", seconds)
+        return runtime
+    raise StartupError(f"the warm-up failed on the GPU ({detail})")
+
+
+def parsing_providers(runtime: Runtime) -> list[list[str]]:
+    """The execution providers each parsing session actually got (onnxruntime falls back
+    silently when a provider cannot load, so what was asked for proves nothing)."""
+    parser = getattr(runtime.preprocessor, "parser", None)
+    if parser is None:
+        return []
+    return [list(session.get_providers()) for session in (parser.atr_session, parser.lip_session)]
+
+
+def parsing_provider_problem(
+    session_providers: Sequence[Sequence[str]], available: Sequence[str]
+) -> str | None:
+    """Why the worker must not start when onnxruntime offers CUDA but a parsing session lacks it."""
+    if CUDA_PROVIDER not in available:
+        return None
+    fallen_back = [list(providers) for providers in session_providers if CUDA_PROVIDER not in providers]
+    if not fallen_back:
+        return None
+    return (
+        f"onnxruntime-gpu is installed but the parsing sessions run on {', '.join(fallen_back[0])}: its "
+        "CUDA provider could not load (see onnxruntime's error above; usually cuDNN or cuBLAS for "
+        "its CUDA version is missing), and parsing on the CPU would slow every job"
+    )
+
+
+def describe(runtime: Runtime, session_providers: Sequence[Sequence[str]]) -> str:
+    """One line: device and GPU, dtype, library versions, parsing providers."""
+    pipeline = next(iter(runtime.pipelines.values()))
+    device = pipeline.unet_vton.device
+    where = str(device)
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        where += f" ({properties.name}, {properties.total_memory / 2**30:.1f} GiB)"
+    versions = ", ".join(f"{name} {_version(name)}" for name in VERSIONED_PACKAGES)
+    used = sorted({name for providers in session_providers for name in providers})
+    return (
+        f"{where}, {str(pipeline.unet_vton.dtype).removeprefix('torch.')}, models "
+        f"{','.join(runtime.pipelines)}; {versions}; parsing providers {', '.join(used) or 'none'}"
+    )
+
+
+def _version(package: str) -> str:
+    """The installed version; onnxruntime-gpu installs the module `onnxruntime` under another name."""
+    names = (package, f"{package}-gpu") if package == "onnxruntime" else (package,)
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
