@@ -272,3 +272,14 @@ def test_wrong_key_unknown_job_and_malformed_requests(server, s3_server) -> None
     assert status == 413 and "over the 10 MB allowed" in body["error"]
     log = log_path.read_text()
     assert API_KEY not in log and s3_server.secret_key not in log  # nor the s3Config secret of a job
+
+
+def test_the_server_starts_like_the_handler_and_refuses_a_cpu_unless_allowed(tiny_root: Path) -> None:
+    env = worker_env(tiny_root)
+    env.pop("ALLOW_CPU", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.serve", "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "cannot start: no CUDA GPU is available" in done.stderr and "ALLOW_CPU=true" in done.stderr

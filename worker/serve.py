@@ -35,7 +35,8 @@ from fastapi.responses import JSONResponse
 from worker.config import MB, Settings
 from worker.job import ProgressSink, handle
 from worker.jobqueue import FINAL, IN_QUEUE, JobQueue
-from worker.runtime import Runtime, WeightsMissingError, get_runtime
+from worker.runtime import Runtime
+from worker.startup import StartupError, start
 from worker.webhook import deliver, webhook_problem
 
 log = logging.getLogger("worker.serve")
@@ -80,8 +81,9 @@ class ServeSettings:
 
 
 def start_runtime(settings: Settings) -> Runtime:
-    """Load the models before the first request: the one place the server starts the worker."""
-    return get_runtime(settings)
+    """Start the worker before the first request, as `handler.py` does (device policy, models,
+    warm-up): the one place the server starts it."""
+    return start(settings)
 
 
 def create_app(queue: JobQueue, api_key: str | None = None) -> FastAPI:
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         serve_settings = ServeSettings.from_env()
         runtime = start_runtime(settings)
-    except (WeightsMissingError, ValueError) as error:
+    except (StartupError, ValueError) as error:
         log.error("cannot start: %s", error)
         return 1
     queue = JobQueue(
