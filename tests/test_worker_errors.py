@@ -134,6 +134,8 @@ def test_many_unknown_fields_and_problems_are_capped() -> None:
          "characters):// URLs are not allowed"),
         ({"person_index": 0, "garment": "http://" + ".".join(["a" * 60] * 30) + "/x"},
          "garment: not a valid URL (the host name is longer than 253 characters)"),
+        ({"person_index": 0, "garment": "http://[fe80::1%25" + "z" * 500 + "]/x"},
+         "garment: not a valid URL (the host has an IPv6 zone index)"),
     ],
     ids=quote,
 )  # fmt: skip

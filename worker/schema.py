@@ -271,6 +271,8 @@ def url_problem(url: str) -> str | None:
         return "the port is not a number from 0 to 65535"
     if not host:
         return "it has no host"
+    if "%" in host:  # an IPv6 zone index names an interface of this machine: never a public address
+        return "the host has an IPv6 zone index"
     if _is_ip_address(host):
         return None
     try:
