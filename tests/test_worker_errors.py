@@ -5,9 +5,14 @@ shape of input JSON can take; tests/test_fuzz.py explores the inputs nobody list
 """
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from worker_support import data_uri, image_bytes
 
+import handler
+from storage import StorageConfigError, load_settings
 from worker.errors import (
     MAX_LISTED,
     MAX_MESSAGE,
@@ -150,3 +155,52 @@ def test_python_only_values_are_described_not_crashed_on() -> None:
     message = error_for({10**5000: 1, ("a", "b"): 2, "person_index": 0, "garment": GARMENT})
     assert "unknown fields an integer of 5001 digits, an array of 2 items" in message
     json.dumps({"error": message})  # serialisable as RunPod's result
+
+
+@pytest.mark.parametrize("value", [10**5000, {"key": "secret-in-an-object"}, ["secret"], True], ids=quote)
+def test_an_s3_config_value_that_is_not_text_is_named_not_shown(value) -> None:
+    # RunPod's s3Config beside `input`: its values are credentials, so the warning names the key only.
+    config = {"endpointUrl": "https://s3.example.com", "bucketName": "b"}
+    config |= {"accessId": value, "accessSecret": value}
+    with pytest.raises(StorageConfigError) as caught:
+        load_settings(config, env={})
+    assert str(caught.value) == "s3Config accessId, accessSecret must be text"
+
+
+class _RefusingS3(BaseHTTPRequestHandler):
+    """An S3 endpoint that refuses every request with a 100,000-character error code."""
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = f"<Error><Code>{'Denied' * 20_000}</Code><Message>no</Message></Error>".encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_warning_from_the_jobs_own_s3_endpoint_is_bounded(tiny_root, monkeypatch) -> None:
+    monkeypatch.setenv("CHECKPOINTS_DIR", str(tiny_root))
+    monkeypatch.setenv("EXTRA_RESOLUTIONS", "256x192")
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")  # the endpoint is on 127.0.0.1
+    monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingS3)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        s3_config = {"endpointUrl": f"http://127.0.0.1:{server.server_address[1]}", "bucketName": "b",
+                     "accessId": "id", "accessSecret": "secret"}  # fmt: skip
+        job_input = {"person_index": 0, "garment": data_uri(image_bytes((48, 64), "PNG")),
+                     "resolution": "256x192", "steps": 1, "seed": 3}  # fmt: skip
+        result = handler.handler({"id": "s3-refuses", "input": job_input, "s3Config": s3_config})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "error" not in result, result["error"]
+    assert result["images"][0]["base64"]  # the images still come back, inline
+    (warning,) = result["warnings"]
+    assert warning.startswith("upload to S3 failed after 1 attempt (DeniedDenied")
+    assert len(warning) <= MAX_MESSAGE and warning.endswith("… (message shortened)")
