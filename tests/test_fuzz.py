@@ -253,11 +253,16 @@ def test_schema_answers_a_request_or_one_bounded_sentence(raw, person_count, loa
     assert (request.person is None) != (request.person_index is None)
 
 
-class NetworkWatch:
-    """Records name lookups and connections through Python's audit events while active.
+class NetworkUsed(AssertionError):
+    """Raised from inside a socket call that would leave the machine: the call never happens."""
 
-    Audit hooks cannot be removed, so one hook is added per process and only records while a
-    watch is active (on the thread running the fuzz and any thread it starts)."""
+
+class NetworkWatch:
+    """Records name lookups and connections through Python's audit events while active, and
+    stops any that could leave the machine before it happens (the hook runs before the call).
+
+    Audit hooks cannot be removed, so one hook is added per process; it does nothing unless a
+    watch is active (process-wide, for the duration of the `with` block)."""
 
     active: ClassVar[bool] = False
     seen: ClassVar[list[tuple[str, tuple]]] = []
@@ -266,8 +271,12 @@ class NetworkWatch:
 
     @classmethod
     def _hook(cls, event: str, args: tuple) -> None:
-        if cls.active and event in ("socket.connect", "socket.getaddrinfo", "socket.sendto"):
-            cls.seen.append((event, args[:2] if event == "socket.getaddrinfo" else (args[1],)))
+        if not cls.active or event not in ("socket.connect", "socket.getaddrinfo", "socket.sendto"):
+            return
+        target = args[:2] if event == "socket.getaddrinfo" else (args[1],)
+        cls.seen.append((event, target))
+        if event != "socket.getaddrinfo" or not _resolved_locally(target[0]):
+            raise NetworkUsed(f"{event} {target!r} while fuzzing")
 
     @classmethod
     @contextmanager
@@ -284,6 +293,18 @@ class NetworkWatch:
             cls.active = False
 
 
+def _resolved_locally(host: object) -> bool:
+    """A name the resolver answers without a DNS query: localhost, or a non-global IP literal."""
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if host == "localhost":
+        return True
+    try:
+        return not ipaddress.ip_address(str(host)).is_global
+    except ValueError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def fuzz_env(tiny_root):
     """A local worker on the tiny checkpoints, private download URLs refused, no bucket."""
@@ -296,18 +317,6 @@ def fuzz_env(tiny_root):
             if name.startswith(("BUCKET_", "AWS_", "S3_")) or name.lower() in ("http_proxy", "https_proxy"):
                 patch.delenv(name)
         yield
-
-
-def _resolved_locally(host: object) -> bool:
-    """A name the resolver answers without a DNS query: localhost, or a non-global IP literal."""
-    if isinstance(host, bytes):
-        host = host.decode("ascii", "replace")
-    if host == "localhost":
-        return True
-    try:
-        return not ipaddress.ip_address(str(host)).is_global
-    except ValueError:
-        return False
 
 
 def run_job(job_input: object) -> dict:

@@ -66,9 +66,9 @@ ALIASES = {
 _PROBLEMS_BUDGET = MAX_MESSAGE - 60
 _IMAGE_FORMS = "an http(s) URL, base64 or a data URI"
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-# An IDNA-encoded host name: letters, digits, hyphens (and the underscores some hosts use), dots.
 # The longest host name DNS can carry (RFC 1035: 255 bytes on the wire, 253 as text).
 MAX_HOST_NAME = 253
+# An IDNA-encoded host name: letters, digits, hyphens (and the underscores some hosts use), dots.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 
