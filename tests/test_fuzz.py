@@ -348,7 +348,8 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
     assert any(event == "socket.getaddrinfo" for event, _ in seen)  # the watch saw the guard's lookups
     assert not [args for event, args in seen if event != "socket.getaddrinfo"], seen
     assert all(_resolved_locally(args[0]) for _, args in seen), seen
-    assert outcomes["images"] and outcomes["error"], outcomes  # both kinds of answer were explored
+    if not _REQUESTED:  # the fixed CI examples explore both kinds of answer (a short random run may not)
+        assert outcomes["images"] and outcomes["error"], outcomes
 
     after = run_job(VALID_JOB)
     assert after["images"][0]["base64"] == before["images"][0]["base64"]

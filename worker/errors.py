@@ -103,10 +103,15 @@ def join_capped(
     what: str = "",
     limit: int = MAX_LISTED,
     budget: int = MAX_MESSAGE // 2,
+    total: int | None = None,
 ) -> str:
     """The items joined, then "and N more <what>": at most `limit` of them, and no more than
-    fit in `budget` characters (the first is always shown; `bounded` still cuts a huge one)."""
+    fit in `budget` characters (the first is always shown; `bounded` still cuts a huge one).
+
+    `total` counts items beyond those passed, so that a caller with a million of them need
+    only prepare the first `limit`."""
     items = list(items)
+    total = len(items) if total is None else total
     shown: list[str] = []
     length = 0
     for item in items[:limit]:
@@ -114,9 +119,9 @@ def join_capped(
         if shown and length > budget:
             break
         shown.append(item)
-    if len(shown) == len(items):
-        return separator.join(items)
-    more = f"and {len(items) - len(shown)} more" + (f" {what}" if what else "")
+    if len(shown) == total:
+        return separator.join(shown)
+    more = f"and {total - len(shown)} more" + (f" {what}" if what else "")
     return separator.join([*shown, more])
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ootd.layout import MODEL_TYPES
-from worker.errors import MAX_MESSAGE, InputError, clip, join_capped, quote
+from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, join_capped, quote
 
 CATEGORIES = ("upper_body", "lower_body", "dress")
 # What the pipeline calls each category (the published DressCode name for dresses).
@@ -190,9 +190,11 @@ class _Fields:
     def __init__(self, raw: Mapping, errors: list[str]) -> None:
         self.values: dict[str, Any] = {}
         self.names: dict[str, str] = {}
-        unknown = [quote(key) for key in raw if key not in FIELDS and key not in ALIASES]
+        unknown = [key for key in raw if key not in FIELDS and key not in ALIASES]
         if unknown:
-            names = join_capped(unknown, budget=MAX_MESSAGE // 4)
+            # Only the few names shown are quoted: a request may hold a million unknown ones.
+            shown = [quote(key) for key in unknown[:MAX_LISTED]]
+            names = join_capped(shown, budget=MAX_MESSAGE // 4, total=len(unknown))
             errors.append(
                 f"unknown field{'s' if len(unknown) > 1 else ''} {names} "
                 f"(valid fields are {_field_list()})"
