@@ -118,7 +118,7 @@ def test_many_unknown_fields_and_problems_are_capped() -> None:
     [
         ([1, 2], "input must be a JSON object with the job's fields, not an array of 2 items; valid fields"),
         (7, "input must be a JSON object with the job's fields, not 7;"),
-        ("p" * 10_000, "not '" + "p" * MAX_QUOTED + "…' (10000 characters);"),
+        ("p" * 10_000, "not a string ('" + "p" * MAX_QUOTED + "…' (10000 characters));"),
         (10**10_000, "not an integer of 10001 digits;"),
         ({"person_index": 0, "garment": {"url": "x"}},
          "garment must be a string (an http(s) URL, base64 or a data URI), not an object with 1 field"),
@@ -135,7 +135,9 @@ def test_many_unknown_fields_and_problems_are_capped() -> None:
         ({"person_index": 10**5000, "garment": GARMENT},
          "person_index must be an integer from 0 to 0, not an integer of 5001 digits"),
         ({"person_index": 0, "garment": GARMENT, "return_mask": "yes"},
-         "return_mask must be true or false, not 'yes'"),
+         "return_mask must be true or false, not a string ('yes')"),
+        ({"person_index": 0, "garment": GARMENT, "nSteps": "20"},
+         "nSteps must be an integer from 1 to 50, not a string ('20')"),
         ({"person_index": 0, "garment": "s" * 5000 + "://host/x"}, "garment: " + "s" * MAX_QUOTED + "… (5000 "
          "characters):// URLs are not allowed"),
         ({"person_index": 0, "garment": "http://" + ".".join(["a" * 60] * 30) + "/x"},

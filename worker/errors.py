@@ -97,6 +97,12 @@ def quote(value: Any) -> str:
     return f"a {clip(type(value).__name__)} value"
 
 
+def describe(value: Any) -> str:
+    """`quote`, saying "a string" first: for fields that expect something else, where `'20'`
+    for `20` is the mistake to point out."""
+    return f"a string ({quote(value)})" if isinstance(value, str) else quote(value)
+
+
 def join_capped(
     items: Iterable[str],
     separator: str = ", ",

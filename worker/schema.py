@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ootd.layout import MODEL_TYPES
-from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, join_capped, quote
+from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, describe, join_capped, quote
 
 CATEGORIES = ("upper_body", "lower_body", "dress")
 # What the pipeline calls each category (the published DressCode name for dresses).
@@ -132,7 +132,7 @@ def parse_request(
     """
     if not isinstance(raw, Mapping):
         raise InputError(
-            f"input must be a JSON object with the job's fields, not {quote(raw)}; "
+            f"input must be a JSON object with the job's fields, not {describe(raw)}; "
             f"valid fields are {_field_list()}"
         )
     errors: list[str] = []
@@ -308,7 +308,7 @@ def _person_index(fields: _Fields, person_count: int | None, errors: list[str]) 
     high = None if person_count is None else person_count - 1 + base
     if index is None or index < base or (high is not None and index > high):
         bound = f"from {base} to {high}" if high is not None else f">= {base}"
-        errors.append(f"{name} must be an integer {bound}, not {quote(value)}")
+        errors.append(f"{name} must be an integer {bound}, not {describe(value)}")
         return None
     return index - base
 
@@ -357,7 +357,7 @@ def _integer(fields: _Fields, field: str, low: int, high: int, errors: list[str]
         return FIELDS[field]
     number = _as_int(value)
     if number is None or not low <= number <= high:
-        errors.append(f"{fields.name(field)} must be an integer from {low} to {high}, not {quote(value)}")
+        errors.append(f"{fields.name(field)} must be an integer from {low} to {high}, not {describe(value)}")
         return None
     return number
 
@@ -367,7 +367,7 @@ def _number(fields: _Fields, field: str, low: float, high: float, errors: list[s
     if value is None:
         return FIELDS[field]
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        errors.append(f"{fields.name(field)} must be a number from {low} to {high}, not {quote(value)}")
+        errors.append(f"{fields.name(field)} must be a number from {low} to {high}, not {describe(value)}")
         return None
     return float(value)
 
@@ -377,7 +377,7 @@ def _boolean(fields: _Fields, field: str, errors: list[str]) -> bool | None:
     if value is None:
         return FIELDS[field]
     if not isinstance(value, bool):
-        errors.append(f"{field} must be true or false, not {quote(value)}")
+        errors.append(f"{field} must be true or false, not {describe(value)}")
         return None
     return value
 
@@ -390,7 +390,7 @@ def _seed(fields: _Fields, errors: list[str]) -> int | None:
     seed = _as_int(value)
     if seed is None or not 0 <= seed <= MAX_SEED:
         errors.append(
-            f"seed must be an integer from 0 to {MAX_SEED} (or -1 for a random one), not {quote(value)}"
+            f"seed must be an integer from 0 to {MAX_SEED} (or -1 for a random one), not {describe(value)}"
         )
         return None
     return seed
