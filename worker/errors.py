@@ -22,7 +22,7 @@ MAX_LISTED = 8
 # Characters in any error sentence the worker returns.
 MAX_MESSAGE = 1000
 _SHORTENED = "… (message shortened)"
-# Integers below this many digits are shown whole; `str()` of a huge one would even raise
+# Integers of up to this many digits are shown whole; `str()` of a huge one would even raise
 # (Python 3.11+ refuses to convert over 4300 digits) and is quadratic before that.
 _MAX_DIGITS_SHOWN = MAX_QUOTED
 _EXACT_DIGITS = 100_000
