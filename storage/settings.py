@@ -166,10 +166,12 @@ def _job_settings(s3_config: object) -> dict:
             "s3Config must be a JSON object (endpointUrl, accessId, accessSecret, bucketName), "
             f"not {_json_type(s3_config)}"
         )
-    values = {
-        key: (str(s3_config.get(key) or "")).strip()
-        for key in ("endpointUrl", "accessId", "accessSecret", "bucketName")
-    }
+    keys = ("endpointUrl", "accessId", "accessSecret", "bucketName")
+    # Named, never shown: the values are credentials (and str() of a huge number would raise).
+    not_text = [key for key in keys if s3_config.get(key) and not isinstance(s3_config.get(key), str)]
+    if not_text:
+        raise StorageConfigError(f"s3Config {', '.join(not_text)} must be text")
+    values = {key: (s3_config.get(key) or "").strip() for key in keys}
     missing = [key for key, value in values.items() if not value]
     if missing:
         raise StorageConfigError(f"s3Config is missing {', '.join(missing)}")

@@ -24,7 +24,14 @@ from preprocess import PreprocessError
 from preprocess.images import load_mask, load_rgb
 from storage import store_images
 from worker.config import MB, Settings
-from worker.errors import GpuFailureJobError, InputError, JobError, OutOfMemoryJobError, ResultTooLargeError
+from worker.errors import (
+    GpuFailureJobError,
+    InputError,
+    JobError,
+    OutOfMemoryJobError,
+    ResultTooLargeError,
+    bounded,
+)
 from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
 from worker.images import (
     CONTENT_TYPES,
@@ -224,14 +231,15 @@ def _store(
         content_type=CONTENT_TYPES[request.output_format],
         s3_config=s3_config,
     )
-    warnings = list(stored.warnings)
+    # Bounded like errors: a warning can carry an error code sent by the job's own S3 endpoint.
+    warnings = [bounded(message) for message in stored.warnings]
     mask_entry = None
     if encoded_mask is not None:
         stored_mask = store_images(
             f"{job_id}/mask", [encoded_mask], extension="png", content_type="image/png", s3_config=s3_config
         )
         mask_entry = stored_mask.images[0].to_dict()
-        warnings += [message for message in stored_mask.warnings if message not in warnings]
+        warnings += [bounded(message) for message in stored_mask.warnings if bounded(message) not in warnings]
     return [image.to_dict() for image in stored.images], mask_entry, warnings
 
 
