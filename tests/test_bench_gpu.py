@@ -1,0 +1,131 @@
+"""`python -m bench.gpu` at the tiny size on the CPU: it runs end to end and reports every part.
+
+No timing is asserted (measurements belong in bench/); the tests check that every stage, load
+and memory row is there, that the tables are well formed and that the report lands on disk.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench import gpu
+from bench.models import parameter_counts, weight_bytes
+
+
+def _tables(text: str) -> dict[str, list[list[str]]]:
+    """Markdown section title -> its table rows (header first, separator dropped), as cells."""
+    tables: dict[str, list[list[str]]] = {}
+    title = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title = line[3:]
+            tables[title] = []
+        elif line.startswith("|") and not re.fullmatch(r"\|(---\|)+", line):
+            tables[title].append([cell.strip() for cell in line.strip("|").split("|")])
+    return tables
+
+
+def _number(cell: str) -> float:
+    return float(cell)
+
+
+def _section(text: str, prefix: str) -> list[list[str]]:
+    return next(rows for title, rows in _tables(text).items() if title.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    results, out = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("out")
+    argv = ["--size", "tiny", "--device", "cpu", "--quick", "--results-dir", str(results), "--out", str(out)]
+    return gpu.main(argv), results, out
+
+
+def test_tiny_run_prints_every_section_as_a_well_formed_table(run, capsys) -> None:
+    text, _, _ = run
+    tables = _tables(text)
+    assert list(tables)[:2] == ["Setup", "Weights (bytes the worker reads, from the real parameter counts)"]
+    for title, rows in tables.items():
+        assert len(rows) >= 2, title
+        assert {len(row) for row in rows} == {len(rows[0])}, f"ragged table in {title}"
+
+    setup = {row[0]: row[1] for row in tables["Setup"][1:]}
+    for key in ("device", "torch", "diffusers", "transformers", "onnxruntime", "parsing providers"):
+        assert setup[key], key
+    assert "CPUExecutionProvider" in setup["parsing providers"]
+    assert setup["model types resident"] == "hd,dc"
+
+    requests = _section(text, "Requests")
+    header = requests[0]
+    for stage in ("pose", "parsing", "CLIP", "VAE encodes (3)", "garment UNet", "mean step", "VAE decode"):
+        assert stage in header
+    assert [(row[0], row[1]) for row in requests[1:]] == [("2", "1"), ("2", "4"), ("1", "1"), ("1", "4")]
+    per_request, per_sample = header.index("s/request"), header.index("s/sample")
+    for row in requests[1:]:
+        stage_cells = row[3:per_request]
+        assert all(_number(cell) >= 0 for cell in stage_cells), row
+        assert _number(row[per_sample]) == pytest.approx(_number(row[per_request]) / int(row[1]), abs=2e-3)
+        assert row[-3:] == ["n/a"] * 3  # no CUDA: no device memory figures
+
+    load = {row[0]: row for row in _section(text, "Load")[1:]}
+    assert _number(load["cold load hd fp32 (diffusion)"][1]) > 0
+    assert "drop_caches not tried" in load["cold load hd fp32 (diffusion)"][2]  # never machine-wide here
+    assert _number(load["build dc UNets in memory"][1]) > 0
+    first = {row[0]: row for row in _section(text, "First")[1:]}
+    assert _number(first["first request, fresh process, no warm-up"][1]) > 0
+    assert _number(first["second request"][1]) > 0
+
+
+def test_report_is_written_to_results_and_out(run) -> None:
+    text, results, out = run
+    written = sorted(results.glob("gpu-*-cpu-*.md"))
+    assert len(written) == 1
+    assert written[0].read_text() == text
+    assert (out / written[0].name).read_text() == text
+
+
+def test_weight_bytes_follow_the_published_parameter_counts() -> None:
+    counts = parameter_counts()
+    # SD-1.5 UNet 859.5 M, SD VAE 83.7 M, CLIP ViT-L/14 (both towers) 427.6 M, text encoder 123.1 M.
+    assert counts["unet_garm"] == pytest.approx(859.52e6, rel=1e-4)
+    assert counts["unet_vton"] - counts["unet_garm"] == 4 * 320 * 3 * 3  # 4 more input channels
+    assert counts["vae"] == pytest.approx(83.65e6, rel=1e-3)
+    assert counts["clip"] == pytest.approx(427.62e6, rel=1e-3)
+    assert counts["text_encoder"] == pytest.approx(123.06e6, rel=1e-3)
+    hd, both = weight_bytes(counts, ("hd",)), weight_bytes(counts, ("hd", "dc"))
+    unets = 4 * (counts["unet_garm"] + counts["unet_vton"])
+    assert both["fp32"] - hd["fp32"] == unets
+    assert both["fp16"] - hd["fp16"] == unets // 2
+    assert hd["fp32"] - hd["fp16"] == unets // 2 + 2 * counts["vae"]
+
+
+def test_out_of_memory_rows_render_as_oom() -> None:
+    report = {
+        "setup": {"device": "x", "date": "d"},
+        "weights": {},
+        "load": {},
+        "resident": None,
+        "request": {"height": 1024, "width": 768, "steps": 20},
+        "configs": [{"scale": 2.0, "samples": 4, "reps": 0, "oom": True, "peak_allocated": 70.0}],
+        "first": {},
+        "parts": {},
+        "cpu_parts": {},
+        "total": 1.0,
+    }
+    row = _section(gpu.render(report), "Requests")[1]
+    assert row[:3] == ["2", "4", "0"]
+    assert row[3 : 3 + len(gpu.STAGES) + 2] == ["OOM"] * (len(gpu.STAGES) + 2)
+    assert row[-3] == "70.00"
+
+
+def test_page_cache_probe_sees_a_file_just_read(tmp_path: Path) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"\1" * (1 << 20))
+    path.read_bytes()
+    fraction = gpu.resident_fraction([path])
+    if fraction is None:
+        pytest.skip("mincore is not available here")
+    assert fraction > 0.5
+    dropped = gpu.drop_page_cache(tmp_path, system_wide=False)
+    assert dropped["drop_caches"] == "not tried"
+    assert dropped["bytes"] == 1 << 20
