@@ -61,6 +61,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"resolution": (1024, 768), "steps": 20, "reps": 3, "quick_reps": 1},
     "tiny": {"resolution": (128, 128), "steps": 2, "reps": 2, "quick_reps": 1},
 }
+PEAK_KEYS = ("peak_allocated", "peak_reserved", "peak_device_used")
 SCALES = (2.0, 1.0)
 SAMPLES = (1, 4)
 STAGES: tuple[tuple[str, str], ...] = (
@@ -92,10 +93,11 @@ class Parts:
     On a shared CPU machine the wall clock grows with other load; the CPU time tracks the work.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_end: Callable[[str], None] | None = None) -> None:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = {}
         self.cpu_seconds: dict[str, float] = {}
+        self.on_end = on_end
 
     @contextlib.contextmanager
     def part(self, name: str) -> Iterator[None]:
@@ -110,6 +112,8 @@ class Parts:
                 f"{name}: {self.seconds[name]:.1f} s, CPU {self.cpu_seconds[name]:.1f} s "
                 f"(run so far {self.elapsed():.1f} s)"
             )
+            if self.on_end is not None:
+                self.on_end(name)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -522,75 +526,91 @@ def _gib(value: float | None) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    """The markdown report: one table per section."""
+    """The markdown report: one table per section; sections not reached yet are left out."""
     setup = report["setup"]
-    lines = [f"# bench.gpu: {setup['device']} ({setup['date']})", "", "## Setup", ""]
-    lines += ["| item | value |", "|---|---|"]
+    lines = [f"# bench.gpu: {setup['device']} ({setup['date']})", "", f"Status: {report['status']}.", ""]
+    lines += ["## Setup", "", "| item | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in setup.items()]
 
-    lines += ["", "## Weights (bytes the worker reads, from the real parameter counts)", ""]
-    lines += ["| model types | fp32 GB | after fp16 step GB |", "|---|---|---|"]
-    for types, sizes in report["weights"].items():
-        lines.append(f"| {types} | {sizes['fp32'] / GB:.2f} | {sizes['fp16'] / GB:.2f} |")
+    if "weights" in report:
+        lines += ["", "## Weights (bytes the worker reads, from the real parameter counts)", ""]
+        lines += ["| model types | fp32 GB | after fp16 step GB |", "|---|---|---|"]
+        for types, sizes in report["weights"].items():
+            lines.append(f"| {types} | {sizes['fp32'] / GB:.2f} | {sizes['fp16'] / GB:.2f} |")
 
-    lines += ["", "## Load (one model type, hd)", "", "| what | seconds | note |", "|---|---|---|"]
-    for name, (seconds, note) in report["load"].items():
-        lines.append(f"| {name} | {_s(seconds)} | {note} |")
+    if report["load"]:
+        lines += ["", "## Load (one model type, hd)", "", "| what | seconds | note |", "|---|---|---|"]
+        for name, (seconds, note) in report["load"].items():
+            lines.append(f"| {name} | {_s(seconds)} | {note} |")
 
-    memory = report.get("resident")
-    lines += ["", "## Memory with both model types resident (GiB)", ""]
-    lines += ["| when | torch allocated | torch reserved | device used (driver) |", "|---|---|---|---|"]
-    if memory:
-        lines.append(
-            f"| after loading | {_gib(memory['allocated'])} | {_gib(memory['reserved'])} | "
-            f"{_gib(memory['device_used'])} of {_gib(memory['device_total'])} |"
-        )
-    else:
-        lines.append("| after loading | n/a | n/a | n/a (not a CUDA device) |")
-
-    req = report["request"]
-    lines += [
-        "",
-        f"## Requests (hd, {req['height']}x{req['width']}, {req['steps']} steps; mean of reps; seconds)",
-        "",
-        "| guidance | samples | reps | "
-        + " | ".join(label for _, label in STAGES)
-        + " | s/request | s/sample | peak allocated GiB | peak reserved GiB | peak device used GiB |",
-        "|" + "---|" * (len(STAGES) + 8),
-    ]
-    for row in report["configs"]:
-        memory_cells = [_gib(row.get(key)) for key in ("peak_allocated", "peak_reserved", "peak_device_used")]
-        if row.get("oom"):
-            cells = ["OOM"] * (len(STAGES) + 2)
+    if "resident" in report:
+        memory = report["resident"]
+        lines += ["", "## Memory with both model types resident (GiB)", ""]
+        lines += ["| when | torch allocated | torch reserved | device used (driver) |", "|---|---|---|---|"]
+        if memory:
+            lines.append(
+                f"| after loading | {_gib(memory['allocated'])} | {_gib(memory['reserved'])} | "
+                f"{_gib(memory['device_used'])} of {_gib(memory['device_total'])} |"
+            )
         else:
-            cells = [_s(row["stages"][key]) for key, _ in STAGES]
-            cells += [_s(row["total"]), _s(row["total"] / row["samples"])]
-        head = f"| {row['scale']:g} | {row['samples']} | {row['reps']} | "
-        lines.append(head + " | ".join(cells + memory_cells) + " |")
+            lines.append("| after loading | n/a | n/a | n/a (not a CUDA device) |")
 
-    lines += ["", "## First request vs later (hd, guidance 2, 1 sample)", ""]
-    lines += ["| case | seconds | note |", "|---|---|---|"]
-    for name, (seconds, note) in report["first"].items():
-        lines.append(f"| {name} | {_s(seconds)} | {note} |")
+    if report.get("configs"):
+        req = report["request"]
+        lines += [
+            "",
+            f"## Requests (hd, {req['height']}x{req['width']}, {req['steps']} steps; mean of reps; seconds)",
+            "",
+            "| guidance | samples | reps | "
+            + " | ".join(label for _, label in STAGES)
+            + " | s/request | s/sample | peak allocated GiB | peak reserved GiB | peak device used GiB |",
+            "|" + "---|" * (len(STAGES) + 8),
+        ]
+        for row in report["configs"]:
+            memory_cells = [_gib(row.get(key)) for key in PEAK_KEYS]
+            if row.get("oom"):
+                cells = ["OOM"] * (len(STAGES) + 2)
+            else:
+                cells = [_s(row["stages"][key]) for key, _ in STAGES]
+                cells += [_s(row["total"]), _s(row["total"] / row["samples"])]
+            head = f"| {row['scale']:g} | {row['samples']} | {row['reps']} | "
+            lines.append(head + " | ".join(cells + memory_cells) + " |")
+
+    if report["first"]:
+        lines += ["", "## First request vs later (hd, guidance 2, 1 sample)", ""]
+        lines += ["| case | seconds | note |", "|---|---|---|"]
+        for name, (seconds, note) in report["first"].items():
+            lines.append(f"| {name} | {_s(seconds)} | {note} |")
 
     lines += ["", "## Elapsed per part of this run", "", "| part | seconds | CPU seconds |", "|---|---|---|"]
-    cpu = report["cpu_parts"]
-    lines += [f"| {name} | {seconds:.1f} | {cpu[name]:.1f} |" for name, seconds in report["parts"].items()]
-    lines += [f"| total | {report['total']:.1f} | {time.process_time():.1f} |", ""]
+    parts: Parts = report["parts"]
+    cpu = parts.cpu_seconds
+    lines += [f"| {name} | {seconds:.1f} | {cpu[name]:.1f} |" for name, seconds in parts.seconds.items()]
+    lines += [f"| total | {parts.elapsed():.1f} | {time.process_time():.1f} |", ""]
     return "\n".join(lines)
 
 
-def write_report(text: str, device_label: str, folders: list[Path]) -> list[Path]:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
-    slug = "".join(c if c.isalnum() else "-" for c in device_label.lower()).strip("-")
-    slug = "-".join(part for part in slug.split("-") if part)[:40]
-    name = f"gpu-{stamp}-{slug}.md"
-    written = []
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
-        written.append(folder / name)
-    return written
+class ReportFiles:
+    """The report's file in each folder, rewritten after every part: a run stopped by a time
+    limit still leaves the tables of the parts it finished."""
+
+    def __init__(self, report: dict[str, Any], folders: list[Path]) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
+        words = "".join(c if c.isalnum() else " " for c in report["setup"]["device"].lower()).split()
+        self.name = f"gpu-{stamp}-{'-'.join(words)[:40].strip('-')}.md"
+        self.report, self.folders = report, folders
+
+    def save(self, status: str) -> str:
+        self.report["status"] = status
+        text = render(self.report)
+        for folder in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / self.name).write_text(text)
+        return text
+
+    @property
+    def paths(self) -> list[Path]:
+        return [folder / self.name for folder in self.folders]
 
 
 # --------------------------------------------------------------------------------- warm-up child
@@ -774,10 +794,23 @@ def main(argv: list[str] | None = None) -> str:
     from bench.models import parameter_counts, weight_bytes
     from ootd.pipeline import resolve_device_dtype
 
-    parts = Parts()
     requested = getattr(torch, args.dtype) if args.dtype else None
     device, dtype = resolve_device_dtype(torch.device(args.device), requested)
-    report: dict[str, Any] = {"load": {}, "first": {}}
+    setup = {
+        "device": device_name(device),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        **versions(),
+        "networks": "published architectures, full size, random weights" if args.size == "full" else "tiny",
+        "dtype (UNets, VAE)": str(dtype).removeprefix("torch."),
+        "tokenizer": "tiny (ootd.tiny; ids within CLIP's vocabulary, same prompt lengths)",
+        "mask": "fixed torso rectangle (random parsing gives no garment region)",
+        "repetitions": args.reps,
+    }
+    report: dict[str, Any] = {"setup": setup, "load": {}, "first": {}}
+    files = ReportFiles(report, [args.results_dir] + ([args.out] if args.out is not None else []))
+    parts = Parts(on_end=lambda name: files.save(f"partial, last finished part: {name}"))
+    report["parts"] = parts
+
     with parts.part("weights (meta device)"):
         counts = parameter_counts()
         report["weights"] = {"hd": weight_bytes(counts, ("hd",)), "hd,dc": weight_bytes(counts, ("hd", "dc"))}
@@ -785,35 +818,21 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as scratch:
         root = Path(scratch)
         pipelines, preprocessor = load_phase(args, root, device, dtype, parts, report["load"])
+        sessions = (preprocessor.parser.atr_session, preprocessor.parser.lip_session)
+        setup["parsing providers"] = ", ".join(sorted({name for s in sessions for name in s.get_providers()}))
+        setup["pose device"] = str(preprocessor.pose.device)
+        setup["model types resident"] = ",".join(pipelines)
         report["resident"] = memory_snapshot(device)
-        resident_types = ",".join(pipelines)
         report["request"] = {"height": args.height, "width": args.width, "steps": args.steps}
         first = request_phase(args, pipelines[args.model_type_list[0]], preprocessor, device, parts, report)
+        setup["pose on random weights"] = first.pose_outcome
         del pipelines
         free_memory()
         warm_up_phase(args, root, parts, report["first"])
 
-    sessions = (preprocessor.parser.atr_session, preprocessor.parser.lip_session)
-    report["setup"] = {
-        "device": device_name(device),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        **versions(),
-        "networks": "published architectures, full size, random weights" if args.size == "full" else "tiny",
-        "dtype (UNets, VAE)": str(dtype).removeprefix("torch."),
-        "parsing providers": ", ".join(sorted({name for s in sessions for name in s.get_providers()})),
-        "pose device": str(preprocessor.pose.device),
-        "pose on random weights": first.pose_outcome,
-        "mask": "fixed torso rectangle (random parsing gives no garment region)",
-        "tokenizer": "tiny (ootd.tiny; ids within CLIP's vocabulary, same prompt lengths)",
-        "repetitions": args.reps,
-        "model types resident": resident_types,
-    }
-    report["parts"], report["cpu_parts"] = parts.seconds, parts.cpu_seconds
-    report["total"] = parts.elapsed()
-    text = render(report)
+    text = files.save("complete")
     print(text, flush=True)
-    folders = [args.results_dir] + ([args.out] if args.out is not None else [])
-    for path in write_report(text, report["setup"]["device"], folders):
+    for path in files.paths:
         log(f"wrote {path}")
     return text
 

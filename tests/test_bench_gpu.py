@@ -5,6 +5,8 @@ and memory row is there, that the tables are well formed and that the report lan
 """
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,12 +39,14 @@ def _section(text: str, prefix: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     results, out = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("out")
-    argv = ["--size", "tiny", "--device", "cpu", "--quick", "--results-dir", str(results), "--out", str(out)]
+    argv = ["--size", "tiny", "--device", "cpu", "--quick", "--resolution", "64x64"]
+    argv += ["--results-dir", str(results), "--out", str(out)]
     return gpu.main(argv), results, out
 
 
 def test_tiny_run_prints_every_section_as_a_well_formed_table(run, capsys) -> None:
     text, _, _ = run
+    assert "Status: complete." in text
     tables = _tables(text)
     assert list(tables)[:2] == ["Setup", "Weights (bytes the worker reads, from the real parameter counts)"]
     for title, rows in tables.items():
@@ -102,15 +106,13 @@ def test_weight_bytes_follow_the_published_parameter_counts() -> None:
 def test_out_of_memory_rows_render_as_oom() -> None:
     report = {
         "setup": {"device": "x", "date": "d"},
-        "weights": {},
+        "status": "complete",
         "load": {},
         "resident": None,
         "request": {"height": 1024, "width": 768, "steps": 20},
         "configs": [{"scale": 2.0, "samples": 4, "reps": 0, "oom": True, "peak_allocated": 70.0}],
         "first": {},
-        "parts": {},
-        "cpu_parts": {},
-        "total": 1.0,
+        "parts": gpu.Parts(),
     }
     row = _section(gpu.render(report), "Requests")[1]
     assert row[:3] == ["2", "4", "0"]
@@ -129,3 +131,16 @@ def test_page_cache_probe_sees_a_file_just_read(tmp_path: Path) -> None:
     dropped = gpu.drop_page_cache(tmp_path, system_wide=False)
     assert dropped["drop_caches"] == "not tried"
     assert dropped["bytes"] == 1 << 20
+
+
+def test_benchmark_imports_nothing_the_gpu_machine_lacks() -> None:
+    """The GPU machines have torch, transformers, onnxruntime, onnx and requests but not runpod
+    or boto3: everything bench.gpu loads, including the worker's encoder, must do without them."""
+    code = (
+        "import sys, bench.gpu, bench.models, tiny_checkpoints, worker.encoding, preprocess.preprocessor\n"
+        "print(sorted(m for m in ('runpod', 'boto3', 'botocore', 'storage') if m in sys.modules))"
+    )
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=gpu.REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
