@@ -1,32 +1,30 @@
 # syntax=docker/dockerfile:1
 #
-# OOTDiffusion virtual try-on worker for RunPod serverless, with the weights baked in.
+# OOTDiffusion virtual try-on worker for RunPod serverless.
 #
 #   docker build --platform linux/amd64 --secret id=hf_token,env=HF_TOKEN -t USER/ootd-worker:0.1.0 .
 #   docker build --platform linux/amd64 --build-arg OOTD_MODEL_TYPES=hd -t USER/ootd-worker:0.1.0-hd .
+#   docker build --platform linux/amd64 --build-arg BAKE_WEIGHTS=clip -t USER/ootd-worker:0.1.0-slim .
 #
-# CUDA 13 + cuDNN 9 because PyPI's torch 2.13.0 (x86_64) is a CUDA 13 build and
-# onnxruntime-gpu 1.31.1 asks for CUDA 13.* and cuDNN 9.*; hosts need a driver >= 580.
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
-FROM ${CUDA_IMAGE}
+# A plain Python base, not nvidia/cuda: PyPI's torch 2.13.0 (x86_64) is a CUDA 13 build that
+# brings its own CUDA 13 and cuDNN 9 as nvidia-* wheels, and onnxruntime-gpu 1.31.1 (CUDA 13.*,
+# cuDNN 9.*) uses those same libraries (preprocess/parsing.py has them preloaded), so a CUDA base
+# image would ship them twice. Only the driver comes from the host (>= 580 for CUDA 13).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
+# NVIDIA_*: what the NVIDIA container runtime mounts from the host (the nvidia/cuda images set
+# the same); without `compute` there is no libcuda.
+ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# Python 3.11 from deadsnakes (Ubuntu 24.04 ships 3.12). OpenCV is the headless wheel, so no GL libraries.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates gpg-agent software-properties-common \
- && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
- && apt-get purge -y --auto-remove software-properties-common gpg-agent \
- && rm -rf /var/lib/apt/lists/* \
- && python3.11 -m venv /opt/venv
+RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
@@ -37,22 +35,31 @@ COPY requirements/ requirements/
 RUN pip install -r requirements.txt && pip check
 
 # Weights next, from only the files the builder needs (builder.BUILD_CONTEXT), so that code
-# changes do not invalidate the ~15 GB layer. /weights, not /runpod-volume: an attached
+# changes do not invalidate the weights layer. /weights, not /runpod-volume: an attached
 # network volume is mounted there and would hide anything baked into it.
+# BAKE_WEIGHTS: all = every file for OOTD_MODEL_TYPES; clip = only CLIP (a slim image for endpoints
+# that cache the hub repo levihsu/OOTDiffusion through RunPod); none = nothing baked.
+# WEIGHTS_DTYPE: fp16 rewrites the UNets and the VAE as fp16 safetensors (what the GPU runs; half
+# the bytes), fp32 keeps the hub's files. In the same RUN as the download, so that the fp32 files
+# never reach a layer of an fp16 image.
 # The token is a BuildKit secret (optional: the repos are public), never an ARG.
 ARG OOTD_MODEL_TYPES=hd,dc
+ARG BAKE_WEIGHTS=all
+ARG WEIGHTS_DTYPE=fp16
 ARG OOTD_REVISION=main
 ARG CLIP_REVISION=main
 COPY builder/ builder/
 COPY ootd/layout.py ootd/layout.py
 COPY preprocess/layout.py preprocess/layout.py
 RUN --mount=type=secret,id=hf_token,required=false \
-    python -m builder.fetch_weights --dest /weights --model-types "${OOTD_MODEL_TYPES}" \
-        --ootd-revision "${OOTD_REVISION}" --clip-revision "${CLIP_REVISION}"
+    case "${WEIGHTS_DTYPE}" in fp16|fp32) ;; *) echo "WEIGHTS_DTYPE must be fp16 or fp32" >&2; exit 1;; esac \
+ && python -m builder.fetch_weights --dest /weights --model-types "${OOTD_MODEL_TYPES}" \
+        --bake "${BAKE_WEIGHTS}" --ootd-revision "${OOTD_REVISION}" --clip-revision "${CLIP_REVISION}" \
+ && if [ "${WEIGHTS_DTYPE}" = fp16 ]; then python -m builder.to_fp16 /weights; fi
 
-# Run time: never reach for the hub; load what was baked.
+# Run time: never reach for the hub. The worker looks for its weights itself (an explicit
+# CHECKPOINTS_DIR, RunPod's model cache, then the baked /weights), so no CHECKPOINTS_DIR here.
 ENV HF_HUB_OFFLINE=1 \
-    CHECKPOINTS_DIR=/weights \
     OOTD_MODEL_TYPES=${OOTD_MODEL_TYPES}
 
 # The project last (it changes most often). test_input.json sits in the working directory,

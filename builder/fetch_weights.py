@@ -1,6 +1,7 @@
 """Bake the model weights into the image: download exactly the needed files, then check them.
 
     python -m builder.fetch_weights --dest /weights --model-types hd,dc
+    python -m builder.fetch_weights --dest /weights --bake clip  # only CLIP (OOTD from RunPod's cache)
     python -m builder.fetch_weights --dest /weights --check     # verify only, download nothing
 
 The destination is laid out as the checkpoints root (`ootd/...`, `humanparsing/...`,
@@ -30,12 +31,22 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from builder.plan import CLIP_REPO, OOTD_REPO, HubFile, parse_model_types, required_files, weight_plan
-from ootd.layout import missing_files
+from builder.plan import (
+    BAKE_CHOICES,
+    CLIP_REPO,
+    OOTD_REPO,
+    HubFile,
+    baked_files,
+    check_bake,
+    parse_model_types,
+    weight_plan,
+)
+from ootd.layout import missing_files, present_form
 
 logger = logging.getLogger("builder.fetch_weights")
 
 DEFAULT_MODEL_TYPES = "hd,dc"
+DEFAULT_BAKE = "all"
 DEFAULT_TOKEN_FILE = "/run/secrets/hf_token"  # where `RUN --mount=type=secret,id=hf_token` puts it
 STAGING_DIR = ".hub-download"  # inside dest, so moving a finished file into place is a rename
 
@@ -73,11 +84,13 @@ def download_one(
     """Fetch one file into place under `dest`, retrying transient failures with doubling waits.
 
     A file already in place is kept: files are moved in only once complete, so a re-run
-    after a failed build resumes where it stopped.
+    after a failed build resumes where it stopped, and a file `builder.to_fp16` has already
+    converted is not fetched again.
     """
+    present = present_form(dest, item.dest)
+    if present is not None:
+        return present
     target = dest / item.dest
-    if target.is_file():
-        return target
     staging = dest / STAGING_DIR / item.repo_id.replace("/", "--")
     for attempt in range(1, attempts + 1):
         try:
@@ -109,15 +122,23 @@ def download_one(
     return target
 
 
-def check_weights(dest: Path, model_types: tuple[str, ...]) -> list[str]:
-    """The required files missing under `dest` (empty when the folder is complete)."""
-    return missing_files(dest, required_files(model_types))
+def check_weights(dest: Path, model_types: tuple[str, ...], bake: str = DEFAULT_BAKE) -> list[str]:
+    """The files to bake missing under `dest` (empty when the folder is complete); either form
+    of a weights file counts (`ootd.layout.accepted_forms`: converted by `builder.to_fp16` or not)."""
+    return missing_files(dest, baked_files(model_types, bake))
 
 
-def missing_report(dest: Path, model_types: tuple[str, ...], missing: Sequence[str]) -> str:
+def _scope(model_types: tuple[str, ...], bake: str) -> str:
+    scope = f"model types {','.join(model_types)}"
+    return scope if bake == "all" else f"{scope}, bake {bake}"
+
+
+def missing_report(
+    dest: Path, model_types: tuple[str, ...], missing: Sequence[str], bake: str = DEFAULT_BAKE
+) -> str:
     """A message that names every missing file, one per line."""
-    total = len(required_files(model_types))
-    lines = [f"weights in {dest} are incomplete for model types {','.join(model_types)}: "
+    total = len(baked_files(model_types, bake))
+    lines = [f"weights in {dest} are incomplete for {_scope(model_types, bake)}: "
              f"{len(missing)} of {total} required files missing:"]
     lines += [f"  missing: {name}" for name in missing]
     return "\n".join(lines)
@@ -133,10 +154,11 @@ def fetch_weights(
     backoff: float = 5.0,
     ootd_revision: str = "main",
     clip_revision: str = "main",
+    bake: str = DEFAULT_BAKE,
 ) -> list[Path]:
-    """Download every required file into `dest`, check completeness, and return the paths."""
+    """Download every file to bake into `dest`, check completeness, and return the paths."""
     dest.mkdir(parents=True, exist_ok=True)
-    plan = weight_plan(model_types, ootd_revision, clip_revision)
+    plan = weight_plan(model_types, ootd_revision, clip_revision, bake)
     paths = []
     started = time.monotonic()
     for index, item in enumerate(plan, 1):
@@ -144,9 +166,9 @@ def fetch_weights(
         logger.info("[%d/%d] %s (%.1f MB)", index, len(plan), item.dest, path.stat().st_size / 1e6)
         paths.append(path)
     shutil.rmtree(dest / STAGING_DIR, ignore_errors=True)
-    missing = check_weights(dest, model_types)
+    missing = check_weights(dest, model_types, bake)
     if missing:
-        raise WeightsError(missing_report(dest, model_types, missing))
+        raise WeightsError(missing_report(dest, model_types, missing, bake))
     total = sum(path.stat().st_size for path in paths)
     logger.info("weights complete: %d files, %.2f GB in %.0f s", len(paths), total / 1e9,
                 time.monotonic() - started)
@@ -160,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", type=Path, required=True, help="checkpoints root to fill (e.g. /weights)")
     parser.add_argument("--model-types", default=os.environ.get("OOTD_MODEL_TYPES") or DEFAULT_MODEL_TYPES,
                         help="comma-separated: hd, dc or hd,dc (default: $OOTD_MODEL_TYPES or hd,dc)")
+    parser.add_argument("--bake", default=os.environ.get("BAKE_WEIGHTS") or DEFAULT_BAKE,
+                        help=f"what to bake: {'|'.join(BAKE_CHOICES)} (default: $BAKE_WEIGHTS or all); "
+                             "clip = only CLIP, for endpoints that take the OOTD checkpoints from RunPod's "
+                             "model cache")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="only check that every required file is present")
     mode.add_argument("--list", action="store_true", help="print repo, revision, hub path and destination")
@@ -179,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model_types = parse_model_types(args.model_types)
+        bake = check_bake(args.bake.strip().lower())
     except ValueError as exc:
         parser.error(str(exc))
     if args.attempts < 1 or args.backoff < 0:
@@ -186,15 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
 
     if args.list:
-        for item in weight_plan(model_types, args.ootd_revision, args.clip_revision):
+        for item in weight_plan(model_types, args.ootd_revision, args.clip_revision, bake):
             print(f"{item.repo_id}\t{item.revision}\t{item.filename}\t{item.dest}")
         return 0
     if args.check:
-        missing = check_weights(args.dest, model_types)
+        missing = check_weights(args.dest, model_types, bake)
         if missing:
-            print(missing_report(args.dest, model_types, missing), file=sys.stderr)
+            print(missing_report(args.dest, model_types, missing, bake), file=sys.stderr)
             return 1
-        print(f"weights in {args.dest} are complete for model types {','.join(model_types)}")
+        print(f"weights in {args.dest} are complete for {_scope(model_types, bake)}")
         return 0
     try:
         fetch_weights(
@@ -206,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backoff=args.backoff,
             ootd_revision=args.ootd_revision,
             clip_revision=args.clip_revision,
+            bake=bake,
         )
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)

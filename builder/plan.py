@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ootd.layout import CLIP_DIR, MODEL_TYPES, check_model_type, ootd_files
+from ootd.layout import CLIP_DIR, CLIP_FILES, MODEL_TYPES, check_model_type, ootd_files
 from preprocess.layout import PREPROCESS_FILES
 
 OOTD_REPO = "levihsu/OOTDiffusion"
 OOTD_REPO_FOLDER = "checkpoints"  # the checkpoints root sits in this folder of the OOTD repo
 CLIP_REPO = "openai/clip-vit-large-patch14"  # its files sit at the repo root
+
+# What an image bakes (build argument BAKE_WEIGHTS): "all" = every file the worker loads for its
+# model types; "clip" = only the CLIP image encoder, for endpoints that take the OOTD checkpoints
+# (the UNets, VAE, text encoder and preprocessing networks) from RunPod's cached model
+# `levihsu/OOTDiffusion`, which does not hold CLIP; "none" = nothing (all weights from outside).
+BAKE_CHOICES: tuple[str, ...] = ("all", "clip", "none")
 
 
 @dataclass(frozen=True)
@@ -41,12 +47,27 @@ def required_files(model_types: tuple[str, ...]) -> tuple[str, ...]:
     return ootd_files(model_types) + PREPROCESS_FILES
 
 
+def check_bake(bake: str) -> str:
+    """Return `bake` if it is one of BAKE_CHOICES, else raise ValueError naming it."""
+    if bake not in BAKE_CHOICES:
+        raise ValueError(f"bake must be one of {', '.join(BAKE_CHOICES)}, not {bake!r}")
+    return bake
+
+
+def baked_files(model_types: tuple[str, ...], bake: str = "all") -> tuple[str, ...]:
+    """The files (relative to the checkpoints root) an image bakes for this BAKE_WEIGHTS choice."""
+    check_bake(bake)
+    if bake == "all":
+        return required_files(model_types)
+    return CLIP_FILES if bake == "clip" else ()
+
+
 def weight_plan(
-    model_types: tuple[str, ...], ootd_revision: str = "main", clip_revision: str = "main"
+    model_types: tuple[str, ...], ootd_revision: str = "main", clip_revision: str = "main", bake: str = "all"
 ) -> list[HubFile]:
-    """The downloads that produce exactly `required_files(model_types)`."""
+    """The downloads that produce exactly `baked_files(model_types, bake)`."""
     plan = []
-    for dest in required_files(model_types):
+    for dest in baked_files(model_types, bake):
         if dest.startswith(f"{CLIP_DIR}/"):
             plan.append(HubFile(CLIP_REPO, dest.removeprefix(f"{CLIP_DIR}/"), dest, clip_revision))
         else:

@@ -18,12 +18,25 @@ TOKENIZER_DIR = f"{OOTD_DIR}/tokenizer"
 SCHEDULER_DIR = f"{OOTD_DIR}/scheduler"
 CLIP_DIR = "clip-vit-large-patch14"
 
+# The weights files as the hub publishes them (fp32): pickles for the VAE and the text encoder,
+# safetensors for the UNets. `builder.to_fp16` rewrites the first two as safetensors (the names
+# diffusers and transformers read) and the UNets in place under the same name.
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+VAE_WEIGHTS = f"{VAE_DIR}/diffusion_pytorch_model.bin"
+TEXT_ENCODER_WEIGHTS = f"{TEXT_ENCODER_DIR}/pytorch_model.bin"
+# Hub form -> converted form, for the files whose name changes. The file lists below name the
+# hub form (what the download plan fetches); the loaders and `missing_files` accept either.
+CONVERTED_WEIGHTS: dict[str, str] = {
+    VAE_WEIGHTS: f"{VAE_DIR}/diffusion_pytorch_model.safetensors",
+    TEXT_ENCODER_WEIGHTS: f"{TEXT_ENCODER_DIR}/model.safetensors",
+}
+
 # Files of the shared (model-type independent) parts that the loader reads.
 SHARED_FILES: tuple[str, ...] = (
     f"{VAE_DIR}/config.json",
-    f"{VAE_DIR}/diffusion_pytorch_model.bin",
+    VAE_WEIGHTS,
     f"{TEXT_ENCODER_DIR}/config.json",
-    f"{TEXT_ENCODER_DIR}/pytorch_model.bin",
+    TEXT_ENCODER_WEIGHTS,
     f"{TOKENIZER_DIR}/vocab.json",
     f"{TOKENIZER_DIR}/merges.txt",
     f"{TOKENIZER_DIR}/special_tokens_map.json",
@@ -53,7 +66,7 @@ def unet_files(model_type: str) -> tuple[str, ...]:
     return tuple(
         f"{unet_dir(model_type, which)}/{name}"
         for which in ("unet_garm", "unet_vton")
-        for name in ("config.json", "diffusion_pytorch_model.safetensors")
+        for name in ("config.json", UNET_WEIGHTS)
     )
 
 
@@ -72,7 +85,19 @@ def check_model_type(model_type: str) -> str:
     return model_type
 
 
-def missing_files(root: str | Path, files: tuple[str, ...] | list[str]) -> list[str]:
-    """The entries of `files` that do not exist under `root` (empty when complete)."""
+def accepted_forms(name: str) -> tuple[str, ...]:
+    """The files that satisfy the listed file `name`: its converted form first (the one the
+    loaders prefer when both are present), then the hub form."""
+    converted = CONVERTED_WEIGHTS.get(name)
+    return (name,) if converted is None else (converted, name)
+
+
+def present_form(root: str | Path, name: str) -> Path | None:
+    """The file under `root` that stands for the listed file `name`, or None if neither form is there."""
     root = Path(root)
-    return [name for name in files if not (root / name).is_file()]
+    return next((root / form for form in accepted_forms(name) if (root / form).is_file()), None)
+
+
+def missing_files(root: str | Path, files: tuple[str, ...] | list[str]) -> list[str]:
+    """The entries of `files` present under `root` in neither accepted form (empty when complete)."""
+    return [name for name in files if present_form(root, name) is None]

@@ -132,6 +132,13 @@ def _check_files(root: Path, model_types: Sequence[str]) -> None:
         raise FileNotFoundError(f"checkpoint tree {root} lacks {len(missing)} files, e.g. {missing[:3]}")
 
 
+def _is_safetensors(root: Path, listed: str) -> bool:
+    """Whether the file standing for `listed` is the converted safetensors form (else the hub's
+    pickle). Told to the loaders explicitly, so that they read the file `missing_files` found."""
+    present = layout.present_form(root, listed)
+    return present is not None and present.suffix == ".safetensors"
+
+
 def load_shared_components(
     root: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> SharedComponents:
@@ -139,10 +146,12 @@ def load_shared_components(
     CLIP image processor and the scheduler config from local files only."""
     root = Path(root)
     device, dtype = resolve_device_dtype(device, dtype)
+    # Either form of the weights (layout.CONVERTED_WEIGHTS): the hub's fp32 pickle, or the fp16
+    # safetensors of `builder.to_fp16`, whose values are exactly this cast to fp16.
     vae, info = AutoencoderKL.from_pretrained(
         root / layout.VAE_DIR,
         torch_dtype=dtype,
-        use_safetensors=False,  # the hub holds only an fp32 .bin here
+        use_safetensors=_is_safetensors(root, layout.VAE_WEIGHTS),
         local_files_only=True,
         output_loading_info=True,
     )
@@ -151,6 +160,7 @@ def load_shared_components(
         text_encoder, info = CLIPTextModel.from_pretrained(
             root / layout.TEXT_ENCODER_DIR,
             dtype=torch.float32,
+            use_safetensors=_is_safetensors(root, layout.TEXT_ENCODER_WEIGHTS),
             local_files_only=True,
             output_loading_info=True,
         )

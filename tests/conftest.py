@@ -1,10 +1,28 @@
 """Shared fixtures: one tiny checkpoint tree per test session (generated, never downloaded)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def build_stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with only what the Dockerfile copies in before the weights step
+    (`builder.BUILD_CONTEXT`): the builder commands must run from it alone."""
+    from builder import BUILD_CONTEXT
+
+    root = tmp_path_factory.mktemp("builder-stage")
+    for entry in BUILD_CONTEXT:
+        source, target = REPO_ROOT / entry, root / entry
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return root
 
 
 @pytest.fixture(scope="session")

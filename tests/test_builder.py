@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,8 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from builder import BUILD_CONTEXT
-from ootd.layout import CLIP_DIR, ootd_files
+from ootd.layout import CLIP_DIR, CLIP_FILES, CONVERTED_WEIGHTS, VAE_WEIGHTS, ootd_files
 from preprocess.layout import PREPROCESS_FILES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,22 +125,8 @@ def hub() -> Iterator[FakeHub]:
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with only what the Dockerfile copies in before the weights step."""
-    root = tmp_path_factory.mktemp("builder-stage")
-    for entry in BUILD_CONTEXT:
-        source, target = REPO_ROOT / entry, root / entry
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    return root
-
-
 def run_builder(stage: Path, *args: str, hub: FakeHub | None = None, **env: str):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OOTD_"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OOTD_", "BAKE_"))}
     environ.update({"HF_HOME": str(stage / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""})
     if hub is not None:
@@ -160,11 +144,11 @@ def files_under(root: Path) -> set[str]:
     return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
 
 
-def test_downloads_exactly_the_needed_files_with_the_token(stage, hub, tmp_path):
+def test_downloads_exactly_the_needed_files_with_the_token(build_stage, hub, tmp_path):
     token_file = tmp_path / "hf_token"
     token_file.write_text(TOKEN + "\n")
     dest = tmp_path / "weights"
-    done = run_builder(stage, "--dest", str(dest), "--token-file", str(token_file), hub=hub,
+    done = run_builder(build_stage, "--dest", str(dest), "--token-file", str(token_file), hub=hub,
                        OOTD_MODEL_TYPES="hd")
     assert done.returncode == 0, done.stderr
 
@@ -177,40 +161,40 @@ def test_downloads_exactly_the_needed_files_with_the_token(stage, hub, tmp_path)
     assert {auth for *_, auth in hub.requests} == {f"Bearer {TOKEN}"}
     assert TOKEN not in done.stdout + done.stderr
 
-    check = run_builder(stage, "--dest", str(dest), "--check", "--model-types", "hd")
+    check = run_builder(build_stage, "--dest", str(dest), "--check", "--model-types", "hd")
     assert check.returncode == 0, check.stderr
 
 
-def test_rerun_keeps_finished_files_and_check_names_each_missing_file(stage, hub, tmp_path):
+def test_rerun_keeps_finished_files_and_check_names_each_missing_file(build_stage, hub, tmp_path):
     dest = tmp_path / "weights"
-    assert run_builder(stage, "--dest", str(dest), hub=hub).returncode == 0  # hd,dc by default
+    assert run_builder(build_stage, "--dest", str(dest), hub=hub).returncode == 0  # hd,dc by default
     assert len(hub.gets()) == len(expected_files(("hd", "dc")))
 
     removed = ["ootd/ootd_dc/checkpoint-36000/unet_vton/diffusion_pytorch_model.safetensors",
                "clip-vit-large-patch14/preprocessor_config.json"]
     for rel in removed:
         (dest / rel).unlink()
-    check = run_builder(stage, "--dest", str(dest), "--check", OOTD_MODEL_TYPES="hd,dc")
+    check = run_builder(build_stage, "--dest", str(dest), "--check", OOTD_MODEL_TYPES="hd,dc")
     assert check.returncode == 1
     assert f"2 of {len(expected_files(('hd', 'dc')))} required files missing" in check.stderr
     assert sorted(line.removeprefix("  missing: ") for line in check.stderr.splitlines()
                   if line.startswith("  missing: ")) == sorted(removed)
     # HD alone does not need the DC UNet: only the CLIP file is missing for it.
-    hd_only = run_builder(stage, "--dest", str(dest), "--check", "--model-types", "hd")
+    hd_only = run_builder(build_stage, "--dest", str(dest), "--check", "--model-types", "hd")
     assert hd_only.returncode == 1
     assert "missing: clip-vit-large-patch14/preprocessor_config.json" in hd_only.stderr
     assert "ootd_dc" not in hd_only.stderr
 
     hub.requests.clear()
-    again = run_builder(stage, "--dest", str(dest), hub=hub)
+    again = run_builder(build_stage, "--dest", str(dest), hub=hub)
     assert again.returncode == 0, again.stderr
     assert sorted(hub.gets()) == sorted(hub_name(rel) for rel in removed)
 
 
-def test_transient_failure_is_retried(stage, hub, tmp_path):
+def test_transient_failure_is_retried(build_stage, hub, tmp_path):
     hub.flaky["checkpoints/ootd/vae/config.json"] = 2  # two answers without hub headers
     dest = tmp_path / "weights"
-    done = run_builder(stage, "--dest", str(dest), "--model-types", "hd", "--backoff", "0.01", hub=hub)
+    done = run_builder(build_stage, "--dest", str(dest), "--model-types", "hd", "--backoff", "0.01", hub=hub)
     assert done.returncode == 0, done.stderr
     heads = [path for method, _, _, path, _ in hub.requests if method == "HEAD"]
     assert heads.count("checkpoints/ootd/vae/config.json") == 3
@@ -219,32 +203,67 @@ def test_transient_failure_is_retried(stage, hub, tmp_path):
     assert vae_config == content_of(OOTD, "checkpoints/ootd/vae/config.json")
 
 
-def test_gives_up_after_the_last_attempt(stage, hub, tmp_path):
+def test_gives_up_after_the_last_attempt(build_stage, hub, tmp_path):
     hub.flaky["checkpoints/ootd/vae/config.json"] = 10
-    done = run_builder(stage, "--dest", str(tmp_path / "w"), "--model-types", "hd", "--attempts", "2",
+    done = run_builder(build_stage, "--dest", str(tmp_path / "w"), "--model-types", "hd", "--attempts", "2",
                        "--backoff", "0.01", hub=hub)
     assert done.returncode == 1
     assert f"{OOTD}@main: checkpoints/ootd/vae/config.json: failed after 2 attempts" in done.stderr
 
 
-def test_file_missing_on_the_hub_fails_clearly_without_retrying(stage, hub, tmp_path):
+def test_file_missing_on_the_hub_fails_clearly_without_retrying(build_stage, hub, tmp_path):
     del hub.files[(CLIP, "model.safetensors")]
-    done = run_builder(stage, "--dest", str(tmp_path / "w"), "--model-types", "dc", hub=hub)
+    done = run_builder(build_stage, "--dest", str(tmp_path / "w"), "--model-types", "dc", hub=hub)
     assert done.returncode == 1
     assert f"error: {CLIP}@main: model.safetensors: RemoteEntryNotFoundError (not retried)" in done.stderr
     assert [path for _, repo, _, path, _ in hub.requests if repo == CLIP].count("model.safetensors") == 1
 
 
-def test_rejects_unknown_model_type(stage):
-    done = run_builder(stage, "--dest", "/nonexistent", "--model-types", "hd,xl")
+def test_bake_clip_fetches_only_clip_and_none_fetches_nothing(build_stage, hub, tmp_path):
+    """The slim images: OOTD's checkpoints come from RunPod's model cache, CLIP is baked or not."""
+    dest = tmp_path / "clip"
+    done = run_builder(build_stage, "--dest", str(dest), hub=hub, BAKE_WEIGHTS="clip")
+    assert done.returncode == 0, done.stderr
+    assert sorted(hub.gets()) == sorted(hub_name(rel) for rel in CLIP_FILES)
+    assert files_under(dest) == set(CLIP_FILES)
+    assert run_builder(build_stage, "--dest", str(dest), "--check", "--bake", "clip").returncode == 0
+    full = run_builder(build_stage, "--dest", str(dest), "--check")
+    assert full.returncode == 1 and "ootd/vae/config.json" in full.stderr
+
+    hub.requests.clear()
+    nothing = run_builder(build_stage, "--dest", str(tmp_path / "none"), "--bake", "none", hub=hub)
+    assert nothing.returncode == 0, nothing.stderr
+    assert hub.requests == [] and files_under(tmp_path / "none") == set()
+    assert run_builder(build_stage, "--dest", "/nonexistent", "--bake", "some").returncode == 2
+
+
+def test_check_accepts_the_converted_weights_in_place_of_the_hub_files(build_stage, hub, tmp_path):
+    dest = tmp_path / "weights"
+    assert run_builder(build_stage, "--dest", str(dest), "--model-types", "hd", hub=hub).returncode == 0
+    for hub_form, converted in CONVERTED_WEIGHTS.items():  # what builder.to_fp16 leaves
+        (dest / hub_form).rename(dest / converted)
+    check = run_builder(build_stage, "--dest", str(dest), "--check", "--model-types", "hd")
+    assert check.returncode == 0, check.stderr
+    hub.requests.clear()
+    again = run_builder(build_stage, "--dest", str(dest), "--model-types", "hd", hub=hub)
+    assert again.returncode == 0, again.stderr
+    assert hub.gets() == []  # a converted file is not fetched again in its hub form
+    (dest / CONVERTED_WEIGHTS[VAE_WEIGHTS]).unlink()
+    check = run_builder(build_stage, "--dest", str(dest), "--check", "--model-types", "hd")
+    assert check.returncode == 1
+    assert f"  missing: {VAE_WEIGHTS}" in check.stderr.splitlines()  # named by its hub form
+
+
+def test_rejects_unknown_model_type(build_stage):
+    done = run_builder(build_stage, "--dest", "/nonexistent", "--model-types", "hd,xl")
     assert done.returncode == 2
     assert "'xl'" in done.stderr
 
 
-def test_builder_context_imports_no_torch(stage):
+def test_builder_context_imports_no_torch(build_stage):
     probe = ("import sys, builder.fetch_weights; "
              "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=stage, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", probe], cwd=build_stage, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

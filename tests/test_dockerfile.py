@@ -5,22 +5,34 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_builder import FakeHub, hub_name
 
 from builder import BUILD_CONTEXT
+from builder.plan import required_files
+from builder.to_fp16 import safetensors_dtypes
+from ootd.layout import CLIP_FILES, CONVERTED_WEIGHTS, VAE_WEIGHTS, missing_files
+from worker.config import DEFAULT_CHECKPOINTS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-# CUDA major of PyPI's Linux x86_64 torch wheel (its nvidia-* dependencies). Bump with the pin.
+# CUDA major of PyPI's Linux x86_64 torch wheel (its nvidia-* dependencies, cuDNN 9 included)
+# and of onnxruntime-gpu's CUDA provider (its build info and the sonames it links). Bump with the pins.
 TORCH_CUDA_MAJOR = {"2.13.0": 13}
-BASE_IMAGE = re.compile(r"^nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu(22|24)\.04$")
+ONNXRUNTIME_GPU_CUDA_MAJOR = {"1.31.1": 13}
+# A plain Python image (Debian, glibc >= 2.28 for the manylinux_2_28 wheels), never a CUDA one.
+BASE_IMAGE = re.compile(r"^python:3\.11(\.\d+)?-slim-(bookworm|trixie)$")
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -151,23 +163,41 @@ def test_runtime_environment(parsed):
     env = env_values(parsed)
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert env["CHECKPOINTS_DIR"] == "/weights"
+    # The worker finds the baked weights itself; an ENV here would hide RunPod's model cache.
+    assert "CHECKPOINTS_DIR" not in env
     assert env["OOTD_MODEL_TYPES"] == "${OOTD_MODEL_TYPES}"
     assert arg_defaults(parsed)["OOTD_MODEL_TYPES"] == "hd,dc"
     assert not [value for value in env.values() if value.startswith("/runpod-volume")]
+    # Without a CUDA base image nothing else asks the NVIDIA runtime for the driver's compute libraries.
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
 
 
 def test_weights_are_baked_outside_the_network_volume_with_a_secret_token(parsed):
     index = builder_run_index(parsed)
     run = parsed[index][1]
     assert "--mount=type=secret,id=hf_token" in run
-    dest = shlex.split(run)[shlex.split(run).index("--dest") + 1]
-    assert dest == env_values(parsed)["CHECKPOINTS_DIR"]
+    words = shlex.split(run)
+    dest = words[words.index("--dest") + 1]
+    assert dest == DEFAULT_CHECKPOINTS_DIR  # where the worker looks for baked weights
     assert not dest.startswith("/runpod-volume")
     assert '--model-types "${OOTD_MODEL_TYPES}"' in run
-    assert "OOTD_MODEL_TYPES" in arg_defaults(parsed[:index])
+    assert '--bake "${BAKE_WEIGHTS}"' in run
+    assert f"python -m builder.to_fp16 {dest}" in run  # same layer: fp32 files never stored
+    defaults = arg_defaults(parsed[:index])
+    assert (defaults["OOTD_MODEL_TYPES"], defaults["BAKE_WEIGHTS"], defaults["WEIGHTS_DTYPE"]) == (
+        "hd,dc", "all", "fp16")
     names = list(arg_defaults(parsed)) + list(env_values(parsed))
     assert not [name for name in names if "TOKEN" in name.upper() or "SECRET" in name.upper()]
+
+
+def test_tests_bench_and_tiny_checkpoints_stay_out_of_the_image(parsed):
+    ignored = {line.strip().rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}  # fmt: skip
+    assert {"tests", "bench", "tiny_checkpoints"} <= ignored
+    copied = [source for keyword, rest in parsed if keyword in ("COPY", "ADD")
+              for source in copy_parts(rest)[0]]  # fmt: skip
+    assert not [source for source in copied if source.split("/")[0] in ("tests", "bench", "tiny_checkpoints")]
 
 
 def test_weights_step_sees_only_the_build_context(parsed):
@@ -181,15 +211,64 @@ def test_weights_step_sees_only_the_build_context(parsed):
     assert sorted(before_install) == ["requirements.txt", "requirements/"]
 
 
-def test_base_image_is_cuda_matching_the_pinned_torch(parsed):
+def test_base_image_is_plain_python_and_cuda_comes_once_from_the_torch_wheels(parsed):
     args = arg_defaults(parsed)
-    base = [rest for keyword, rest in parsed if keyword == "FROM"][-1]
-    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
-    match = BASE_IMAGE.match(base)
-    assert match, f"base image {base} is not an nvidia/cuda cuDNN runtime image"
+    bases = [rest for keyword, rest in parsed if keyword == "FROM"]
+    assert len(bases) == 1
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], bases[0])
+    assert BASE_IMAGE.match(base), f"base image {base} is not a plain python:3.11 slim image"
     requirements = (REPO_ROOT / "requirements.txt").read_text()
     torch_pin = re.search(r"^torch==(\S+)$", requirements, re.MULTILINE).group(1)
-    assert int(match.group(1)) == TORCH_CUDA_MAJOR[torch_pin]
-    assert re.search(r"^onnxruntime-gpu==", requirements, re.MULTILINE)
+    ort_pin = re.search(r"^onnxruntime-gpu==(\S+)$", requirements, re.MULTILINE).group(1)
+    assert TORCH_CUDA_MAJOR[torch_pin] == ONNXRUNTIME_GPU_CUDA_MAJOR[ort_pin]
     runs = " ".join(rest for keyword, rest in parsed if keyword == "RUN")
     assert "python3.11 -m venv" in runs
+    assert "apt-get" not in runs  # no system CUDA, cuDNN or Python packages on top of the base
+
+
+@contextmanager
+def serving(hub: FakeHub) -> Iterator[FakeHub]:
+    thread = threading.Thread(target=hub.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        hub.shutdown()
+        hub.server_close()
+
+
+def test_weights_step_runs_as_written(parsed, build_stage, tiny_root, tmp_path):
+    """The weights RUN itself, in bash, with the build arguments as the build gives them: downloads
+    from a loopback hub serving the tiny tree, then converts (or not) in the same step."""
+    run = parsed[builder_run_index(parsed)][1]
+    script = run.split(" ", 1)[1] if run.startswith("--mount=") else run
+    files = {hub_name(rel): (tiny_root / rel).read_bytes() for rel in required_files(("hd", "dc"))}
+
+    def build(dest: Path, hub: FakeHub, **args: str) -> subprocess.CompletedProcess:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OOTD_", "BAKE_"))},
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": "",
+               "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+               "OOTD_MODEL_TYPES": "hd", "BAKE_WEIGHTS": "all", "WEIGHTS_DTYPE": "fp16",
+               "OOTD_REVISION": "main", "CLIP_REVISION": "main", **args}  # fmt: skip
+        command = script.replace(DEFAULT_CHECKPOINTS_DIR, str(dest))
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=build_stage, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    with serving(FakeHub(files)) as hub:
+        fp16 = build(tmp_path / "fp16", hub)
+        assert fp16.returncode == 0, fp16.stderr
+        assert missing_files(tmp_path / "fp16", required_files(("hd",))) == []
+        assert not (tmp_path / "fp16" / VAE_WEIGHTS).exists()
+        assert safetensors_dtypes(tmp_path / "fp16" / CONVERTED_WEIGHTS[VAE_WEIGHTS]) == {"F16"}
+
+        slim = build(tmp_path / "slim", hub, BAKE_WEIGHTS="clip", WEIGHTS_DTYPE="fp32")
+        assert slim.returncode == 0, slim.stderr
+        slim_root = tmp_path / "slim"
+        baked = {path.relative_to(slim_root).as_posix() for path in slim_root.rglob("*") if path.is_file()}
+        assert baked == set(CLIP_FILES)
+        assert all((slim_root / rel).read_bytes() == (tiny_root / rel).read_bytes() for rel in CLIP_FILES)
+
+        hub.requests.clear()
+        wrong = build(tmp_path / "wrong", hub, WEIGHTS_DTYPE="fp8")
+        assert wrong.returncode != 0 and "WEIGHTS_DTYPE must be fp16 or fp32" in wrong.stderr
+        assert hub.requests == []  # refused before any download
