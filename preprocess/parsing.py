@@ -185,17 +185,69 @@ def _fill_enclosed(binary: np.ndarray) -> np.ndarray:
 
 ProviderSpec = str | tuple[str, dict[str, str]]
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 
-def default_providers() -> list[ProviderSpec]:
-    """CUDA when this onnxruntime build and machine offer it, else CPU (always as a fallback).
+PARSING_GPU_MEM_LIMIT = 2 * 1024**3
+"""Bytes onnxruntime's CUDA arena may hold for both parsing sessions' runs (each session has its
+own arena). Both SCHP networks at batch 1 need a few hundred MB; the bound keeps the arena, which
+torch's allocator cannot see or reclaim, from growing into the memory the UNets need."""
 
-    TF32 is switched off on CUDA: the published code parsed on the CPU in full float32, and
-    TF32 matmuls/convolutions shift the logits enough to flip labels on class boundaries.
+
+def cuda_provider_options(gpu_mem_limit: int = PARSING_GPU_MEM_LIMIT) -> dict[str, str]:
+    """onnxruntime CUDA provider options for the parsing sessions, and why each is set.
+
+    - `use_tf32: 0`: the published code parsed on the CPU in full float32, and TF32
+      matmuls/convolutions shift the logits enough to flip labels on class boundaries.
+    - `cudnn_conv_algo_search: HEURISTIC`: the default (EXHAUSTIVE) benchmarks every cuDNN
+      algorithm on the first run of each convolution shape, seconds per network that the first
+      job (or the warm-up) would pay; the input shapes here never change, so cuDNN's heuristic
+      pick is all that is needed.
+    - a bounded arena grown only by what each allocation asks (`kSameAsRequested`), not doubled,
+      so it stays near what the two networks use instead of rounding up to powers of two.
     """
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    return {
+        "use_tf32": "0",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "gpu_mem_limit": str(int(gpu_mem_limit)),
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+
+
+def default_providers(available: Sequence[str] | None = None) -> list[ProviderSpec]:
+    """CUDA (with `cuda_provider_options`) when this onnxruntime build offers it, else CPU.
+
+    The CPU provider is always listed last as the fallback for nodes CUDA does not implement.
+    `available` defaults to `ort.get_available_providers()`.
+    """
+    available = ort.get_available_providers() if available is None else available
+    if CUDA_PROVIDER in available:
+        return [(CUDA_PROVIDER, cuda_provider_options()), CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def _wants_cuda(providers: Sequence[ProviderSpec]) -> bool:
+    return any((entry if isinstance(entry, str) else entry[0]) == CUDA_PROVIDER for entry in providers)
+
+
+_cuda_libraries_loaded = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN/cuBLAS from the pip `nvidia-*` packages before a CUDA session is made.
+
+    The image has no system CUDA libraries: torch's wheel brings them as pip packages, where
+    onnxruntime-gpu's CUDA provider does not look on its own. `onnxruntime.preload_dlls` (1.21+)
+    loads them from there; on a build without it, or without the CUDA provider, nothing is done.
+    Once per process.
+    """
+    global _cuda_libraries_loaded
+    if _cuda_libraries_loaded or CUDA_PROVIDER not in ort.get_available_providers():
+        return
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+    _cuda_libraries_loaded = True
 
 
 class HumanParser:
@@ -222,6 +274,8 @@ class HumanParser:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         chosen = list(providers) if providers is not None else default_providers()
+        if _wants_cuda(chosen):
+            preload_cuda_libraries()
         sessions = []
         for name in (PARSING_ATR, PARSING_LIP):
             path = root / name

@@ -14,7 +14,8 @@ them) and hands the maps to `preprocess.pose_decode`, which returns the first pe
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -198,6 +199,22 @@ def _published_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.concatenate(chunks, axis=2)
 
 
+@contextmanager
+def full_fp32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in full float32 (no TF32) inside the block, every other flag kept.
+
+    torch lets cuDNN use TF32 for float32 convolutions by default; on Ampere and newer that
+    rounds the inputs to 10 mantissa bits, enough to move near-tied heat-map peaks away from the
+    published fp32 (CPU) keypoints. Scoped to the pose forward: the UNets' settings stay global.
+    The flags are process-wide, so this is not for use while another thread runs convolutions.
+    """
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(
+        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+    ):
+        yield
+
+
 def rgb_array(image: Image.Image) -> np.ndarray:
     """uint8 (H, W, 3) RGB, with transparency composited onto white like the annotator's HWC3."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -211,7 +228,8 @@ class BodyPoseEstimator:
     """The published OpenPose body step: person image -> (18, 2) keypoints of the first person.
 
     The network is loaded once, on CUDA when available, in float32 as published (its outputs are
-    thresholded at 0.1 and 0.05, where half precision would move peaks).
+    thresholded at 0.1 and 0.05, where half precision would move peaks) and runs without TF32
+    (`full_fp32_convolutions`) so that CUDA keypoints match the CPU computation.
     """
 
     def __init__(self, net: BodyPoseNet, device: torch.device) -> None:
@@ -241,7 +259,8 @@ class BodyPoseEstimator:
         # and move the outputs in the last float32 bits, enough to flip near-tied peaks.
         batch = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)[None], dtype=np.float32))
         batch = batch / 256 - 0.5
-        pafs, heatmaps = self.net(batch.to(self.device))
+        with full_fp32_convolutions():
+            pafs, heatmaps = self.net(batch.to(self.device))
         outputs = []
         for maps in (heatmaps, pafs):
             maps = maps[0].float().cpu().numpy().transpose(1, 2, 0)

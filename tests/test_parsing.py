@@ -18,7 +18,9 @@ from PIL import Image
 from preprocess import labels as L
 from preprocess.layout import PARSING_ATR, PARSING_LIP
 from preprocess.parsing import (
+    PARSING_GPU_MEM_LIMIT,
     HumanParser,
+    cuda_provider_options,
     default_providers,
     fill_upper_clothes_holes,
     logits_to_person,
@@ -218,9 +220,54 @@ def test_default_providers_prefer_cuda_and_fall_back_to_cpu() -> None:
     assert names[-1] == "CPUExecutionProvider"
     assert set(names) <= set(ort.get_available_providers())
     assert ("CUDAExecutionProvider" in names) == ("CUDAExecutionProvider" in ort.get_available_providers())
-    for entry in providers:  # CUDA without TF32: the published parsing ran in full float32
+    for entry in providers:
         if not isinstance(entry, str):
-            assert entry == ("CUDAExecutionProvider", {"use_tf32": "0"})
+            assert entry == ("CUDAExecutionProvider", cuda_provider_options())
+
+
+def test_cuda_provider_options_keep_fp32_search_heuristically_and_bound_the_arena() -> None:
+    # What onnxruntime-gpu would get on a CUDA machine (this build may have no CUDA provider).
+    providers = default_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert providers[-1] == "CPUExecutionProvider"
+    name, options = providers[0]
+    assert name == "CUDAExecutionProvider"
+    # No TF32: the published parsing ran in full float32 on the CPU.
+    assert options["use_tf32"] == "0"
+    assert options["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert options["arena_extend_strategy"] == "kSameAsRequested"
+    assert int(options["gpu_mem_limit"]) == PARSING_GPU_MEM_LIMIT
+    assert all(isinstance(value, str) for value in options.values())  # what the provider API takes
+    assert int(cuda_provider_options(gpu_mem_limit=123 * 2**20)["gpu_mem_limit"]) == 123 * 2**20
+    assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_cuda_libraries_are_preloaded_once_before_the_first_cuda_session(tmp_path: Path, monkeypatch) -> None:
+    # onnxruntime-gpu must find cuDNN/cuBLAS in torch's pip nvidia packages: `preload_dlls` runs
+    # before any CUDA session is created, once per process, and never for a CPU-only parser.
+    from preprocess import parsing
+
+    root = write_passthrough_parsers(tmp_path)
+    events: list[str] = []
+    real_session = ort.InferenceSession
+
+    def session(*args, **kwargs):
+        events.append("session")
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(parsing, "_cuda_libraries_loaded", False)
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: both)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: events.append("preload"), raising=False)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+
+    HumanParser.from_checkpoints(root, providers=["CPUExecutionProvider"])
+    assert events == ["session", "session"]
+    events.clear()
+    cuda = default_providers(both)
+    HumanParser.from_checkpoints(root, providers=cuda)
+    HumanParser.from_checkpoints(root, providers=cuda)
+    assert events == ["preload", "session", "session", "session", "session"]
 
 
 def test_tiny_parsing_files_have_the_published_interface(tmp_path: Path) -> None:

@@ -204,3 +204,27 @@ def test_transparent_pixels_become_white_like_the_annotator():
     rgb = rgb_array(Image.fromarray(rgba, "RGBA"))
     assert rgb[0, 0].tolist() == [200, 0, 0] and rgb[1, 1].tolist() == [255, 255, 255]
     assert rgb_array(Image.new("L", (3, 2), 77)).tolist() == [[[77] * 3] * 3] * 2
+
+
+def test_the_pose_forward_runs_without_tf32_and_leaves_the_global_flags_alone(
+    tiny_checkpoint: Path, person_image: Image.Image
+):
+    # On CUDA, TF32 convolutions would move near-tied peaks away from the fp32 CPU keypoints; the
+    # switch is scoped to the pose network, the UNets keep the process-wide settings.
+    estimator = BodyPoseEstimator.from_checkpoint(tiny_checkpoint, device="cpu")
+    cudnn = torch.backends.cudnn
+
+    def flags() -> tuple[bool, bool, bool, bool]:
+        return (cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark, cudnn.deterministic)
+
+    before = flags()
+    seen: list[tuple[bool, bool, bool, bool]] = []
+    handle = estimator.net.register_forward_pre_hook(lambda module, args: seen.append(flags()))
+    try:
+        keypoints = estimator(person_image)
+    finally:
+        handle.remove()
+    assert seen == [(False, *before[1:])]
+    assert flags() == before
+    assert before[0] is True  # torch's default, which the diffusion keeps
+    assert keypoints.shape == (18, 2)

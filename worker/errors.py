@@ -9,8 +9,9 @@ stays up for the next job. Anything that is not a `JobError` is a bug and is rai
 class JobError(Exception):
     """A failure the caller can understand; `str(error)` is the whole message.
 
-    `refresh_worker` asks RunPod to recycle this worker after the job (used after CUDA
-    out-of-memory, when the allocator may be fragmented for good).
+    `refresh_worker` asks RunPod to recycle this worker after the job (used after a GPU
+    failure: after out-of-memory the allocators may be fragmented for good, after a CUDA
+    error the context is unusable).
     """
 
     def __init__(self, message: str, *, refresh_worker: bool = False) -> None:
@@ -24,6 +25,13 @@ class InputError(JobError):
 
 class OutOfMemoryJobError(JobError):
     """The GPU ran out of memory; the worker freed its cache and asks to be refreshed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, refresh_worker=True)
+
+
+class GpuFailureJobError(JobError):
+    """A CUDA error left the GPU context unusable; the worker asks to be replaced."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, refresh_worker=True)

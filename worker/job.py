@@ -1,13 +1,13 @@
 """One try-on job: validate -> fetch -> mask -> diffusion -> encode -> store -> result.
 
 `handle` is the whole RunPod handler minus model loading. Expected failures (bad input, an
-unusable photo, CUDA out of memory, a result too large to return) end as RunPod's
-`{"error": "<one sentence>"}`, so the caller never sees a traceback and the worker takes the
-next job; anything else is a bug and is raised for the SDK to report. Each stage is timed and
-the times are returned.
+unusable photo, a GPU failure in any stage, a result too large to return) end as RunPod's
+`{"error": "<one sentence>"}` (with `refresh_worker` after a GPU failure, see
+`worker.gpu_errors`), so the caller never sees a traceback and the worker takes the next job;
+anything else is a bug and is raised for the SDK to report. Each stage is timed and the times
+are returned.
 """
 
-import gc
 import json
 import logging
 import os
@@ -24,7 +24,8 @@ from preprocess import PreprocessError
 from preprocess.images import load_mask, load_rgb
 from storage import store_images
 from worker.config import MB, Settings
-from worker.errors import InputError, JobError, OutOfMemoryJobError, ResultTooLargeError
+from worker.errors import GpuFailureJobError, InputError, JobError, OutOfMemoryJobError, ResultTooLargeError
+from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
 from worker.images import (
     CONTENT_TYPES,
     EXTENSIONS,
@@ -180,7 +181,7 @@ def _generate(
     settings: Settings,
     timings: dict[str, float],
 ) -> tuple[list[Image.Image], Image.Image]:
-    """Mask, then diffusion: the GPU stages, where CUDA can run out of memory."""
+    """Mask, then diffusion: the GPU stages, where CUDA can run out of memory or fail."""
     try:
         with _stage(timings, "mask"):
             try:
@@ -193,15 +194,22 @@ def _generate(
             every = settings.progress_every
             outputs = _diffuse(runtime, request, prepared.person, garment, prepared.mask, progress, every)
         return outputs, prepared.mask
-    except (torch.OutOfMemoryError, RuntimeError) as error:
-        if not _is_out_of_memory(error):
+    except Exception as error:
+        failure = classify_gpu_failure(error)
+        if failure is None:
             raise
-    # Only reached after CUDA ran out of memory. Freeing happens here, outside the except block,
-    # because until it ends the traceback keeps the failed run's frames and tensors alive.
-    _free_gpu_memory()
-    raise OutOfMemoryJobError(
-        f"the GPU ran out of memory for {request.samples} sample(s) at {request.resolution}; "
-        "try fewer samples or a smaller resolution (this worker will be restarted)"
+        detail = failure_detail(error)
+    # Only reached after a GPU failure. Freeing happens here, outside the except block, because
+    # until it ends the traceback keeps the failed run's frames and tensors alive.
+    free_gpu_memory()
+    if failure is GpuFailure.OUT_OF_MEMORY:
+        raise OutOfMemoryJobError(
+            f"the GPU ran out of memory for {request.samples} sample(s) at {request.resolution}; "
+            "try fewer samples or a smaller resolution (this worker will be restarted)"
+        )
+    log.error("GPU failure, asking RunPod for a new worker: %s", detail)
+    raise GpuFailureJobError(
+        f"the GPU failed ({detail}); send the job again (this worker will be restarted)"
     )
 
 
@@ -285,20 +293,6 @@ def _check_size(result: dict, settings: Settings, warnings: list[str]) -> None:
         f"inline{because}: configure an S3 bucket (BUCKET_ENDPOINT_URL or the job's s3Config) "
         "or ask for output_format 'jpeg' or 'webp' or fewer samples"
     )
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    text = str(error).lower()
-    return "out of memory" in text or "cublas_status_alloc_failed" in text
-
-
-def _free_gpu_memory() -> None:
-    """Drop what the failed job allocated so the worker can take the next one."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _summary(request: TryOnRequest) -> str:
