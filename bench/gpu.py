@@ -423,16 +423,12 @@ def run_config(
 
 # ----------------------------------------------------------------------------------- loading
 def fp16_converter() -> Callable[[Path], Any] | None:
-    """`builder.to_fp16`'s tree conversion once that module is merged, else None."""
+    """`builder.to_fp16.convert_tree` (the image build's conversion), None where it is missing."""
     if importlib.util.find_spec("builder.to_fp16") is None:
         return None
-    from builder import to_fp16
+    from builder.to_fp16 import convert_tree
 
-    for name in ("convert_tree", "convert_checkpoints", "to_fp16", "convert"):
-        function = getattr(to_fp16, name, None)
-        if callable(function):
-            return function
-    return None
+    return convert_tree
 
 
 def warm_up_function() -> Callable[..., float] | None:

@@ -177,8 +177,8 @@ def parameter_counts() -> dict[str, int]:
 
 
 FP16_GROUPS: tuple[str, ...] = ("unet_garm", "unet_vton", "vae")
-"""What issue 8 point 2 converts to fp16 (the text encoder only changes format; CLIP and the
-preprocessing networks stay as published)."""
+"""What `builder.to_fp16` casts to fp16 (the text encoder only changes format; CLIP and the
+preprocessing networks stay as published); a test holds the two together."""
 
 
 def weight_bytes(counts: dict[str, int], model_types: tuple[str, ...]) -> dict[str, int]:
