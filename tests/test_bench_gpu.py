@@ -7,6 +7,7 @@ and memory row is there, that the tables are well formed and that the report lan
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,22 @@ def _section(text: str, prefix: str) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """One tiny run for the module. One thread (here and in the warm-up child): the tiny networks
+    gain nothing from two, and on a shared machine the second one only spins."""
+    import torch
+
     results, out = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("out")
     argv = ["--size", "tiny", "--device", "cpu", "--quick", "--resolution", "64x64"]
     argv += ["--results-dir", str(results), "--out", str(out)]
-    return gpu.main(argv), results, out
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        try:
+            yield gpu.main(argv), results, out
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_tiny_run_prints_every_section_as_a_well_formed_table(run, capsys) -> None:
@@ -78,6 +90,11 @@ def test_tiny_run_prints_every_section_as_a_well_formed_table(run, capsys) -> No
     first = {row[0]: row for row in _section(text, "First")[1:]}
     assert _number(first["first request, fresh process, no warm-up"][1]) > 0
     assert _number(first["second request"][1]) > 0
+    assert _number(first["child: warm_up()"][1]) > 0  # worker.warmup, in a fresh process
+    assert _number(first["first request after warm-up"][1]) > 0
+    fp16 = load["cold load hd fp16 (diffusion)"]
+    assert _number(fp16[1]) > 0
+    assert _number(load["fp16 conversion (builder.to_fp16)"][1]) > 0
 
 
 def test_report_is_written_to_results_and_out(run) -> None:
