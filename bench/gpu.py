@@ -53,6 +53,8 @@ GARMENT_PHOTO = REPO_ROOT / "assets" / "garments" / "0_tshirt.png"
 GIB = 2**30
 GB = 1e9
 OUTPUT_FORMAT = "png"  # the worker's default output_format
+MATRIX_LATE_S = 180.0
+"""Past this many seconds before the request matrix (a slow disk), it runs one repetition."""
 SOFT_LIMIT_S = 300.0
 """The warm-up child (the last part) is skipped once this much time has gone: the whole run must
 stay under 6 minutes on an H100 (the device tool's one call is 10 minutes, machine start aside)."""
@@ -179,7 +181,7 @@ def drop_page_cache(root: Path, system_wide: bool) -> dict[str, Any]:
 
     fsync + fadvise(DONTNEED) per file needs no privileges; /proc/sys/vm/drop_caches needs root
     and a kernel that allows it, and empties the cache of the whole machine, so it is only tried
-    when `system_wide` (the full-size run on a GPU machine of one's own, never the test suite).
+    when `system_wide` (a run on a GPU machine of one's own; never on a shared CPU machine).
     What was tried and how much stayed resident is returned, so the report can say honestly
     whether the "cold" load was cold.
     """
@@ -495,6 +497,7 @@ def load_timed(root: Path, model_type: str, device: torch.device, dtype: torch.d
 # ------------------------------------------------------------------------------------ report
 def versions() -> dict[str, str]:
     import diffusers
+    import huggingface_hub
     import onnxruntime
     import transformers
 
@@ -503,6 +506,7 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
 
@@ -694,7 +698,7 @@ def load_phase(
     from preprocess import Preprocessor
 
     main_type, *other_types = args.model_type_list
-    system_wide = args.size == "full"
+    system_wide = device.type == "cuda"  # a GPU machine of one's own, never a shared CPU box
     with parts.part("write tree"):
         write_tree(root, args.size, main_type, device)
     written = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
@@ -747,11 +751,15 @@ def request_phase(
     report["first"]["first request, fresh process, no warm-up"] = (first.total, "")
     report["first"]["second request"] = (second.total, "")
     report["configs"] = []
+    reps = args.reps
+    if parts.elapsed() > MATRIX_LATE_S and reps > 1:
+        reps = 1
+        report["setup"]["repetitions"] = f"1 (the run was past {MATRIX_LATE_S:.0f} s before the matrix)"
     with parts.part("request matrix"):
         for scale in args.scale_list:
             for samples in args.sample_list:
                 request = Request(args.height, args.width, args.steps, scale, samples)
-                row = run_config(pipe, preprocessor, request, args.reps, device)
+                row = run_config(pipe, preprocessor, request, reps, device)
                 report["configs"].append(row)
                 outcome = "OOM" if row.get("oom") else f"{row['total']:.3f} s"
                 log(f"guidance {scale:g} x {samples} samples: {outcome}")
