@@ -8,7 +8,8 @@ from a Content-Type or file name. Messages name the field and never echo a URL's
 which often carry access tokens.
 
 Out: the `pad` fit (people are never stretched: the photo is scaled into the model's 768x1024
-frame, padded with white and the result cropped back) and PNG/JPEG/WebP encoding.
+frame, padded with white and the result cropped back); PNG/JPEG/WebP encoding lives in the
+runpod-free `worker.encoding` and is re-exported here.
 """
 
 import base64
@@ -29,6 +30,11 @@ from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe
 from urllib3.exceptions import ReadTimeoutError
 
 from worker.config import MB, Settings
+
+# Re-exported: callers import the output side from here too.
+from worker.encoding import CONTENT_TYPES as CONTENT_TYPES
+from worker.encoding import EXTENSIONS as EXTENSIONS
+from worker.encoding import encode_image as encode_image
 from worker.errors import InputError
 from worker.schema import ImageRef, url_host, url_problem
 
@@ -40,13 +46,6 @@ Image.init()
 INPUT_FORMATS = tuple(
     name for name in ("JPEG", "PNG", "WEBP", "AVIF", "BMP", "GIF", "TIFF") if name in Image.OPEN
 )
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-_ENCODE_OPTIONS = {
-    "png": {"format": "PNG", "compress_level": 6},
-    "jpeg": {"format": "JPEG", "quality": 92, "subsampling": 0},
-    "webp": {"format": "WEBP", "quality": 90, "method": 4},
-}
 _DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?)(?P<b64>;base64)?,", re.IGNORECASE)
 _CHUNK = 64 * 1024
 
@@ -275,13 +274,6 @@ def fit_to_frame(
     padded = Image.new(image.mode, frame, fill)
     padded.paste(image, (left, top))
     return padded, PadBox(frame, (left, top, left + fitted[0], top + fitted[1]))
-
-
-def encode_image(image: Image.Image, output_format: str) -> bytes:
-    """Encode an output picture as png, jpeg or webp."""
-    buffer = io.BytesIO()
-    image.save(buffer, **_ENCODE_OPTIONS[output_format])
-    return buffer.getvalue()
 
 
 def _megabytes(size: int) -> str:
