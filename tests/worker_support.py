@@ -2,7 +2,8 @@
 
 `FileServer` is an HTTP server on 127.0.0.1 serving registered bodies, statuses and redirects;
 `SilentServer` accepts TCP connections and never answers (a download that times out);
-`DripServer` answers at once and then sends a byte at a time, slowly. The
+`DripServer` answers at once and then sends a byte at a time, slowly; `BrokenBodyServer` sends
+part of a body and hangs up. The
 image helpers make real encoded files, including a PNG whose header claims 100 megapixels.
 """
 
@@ -147,6 +148,29 @@ class DripServer(_RawLoopbackServer):
     def __exit__(self, *exc) -> None:
         self.stop.set()
         super().__exit__(*exc)
+
+
+class BrokenBodyServer(_RawLoopbackServer):
+    """Answers 200 with `Content-Length: length`, sends `sent` bytes of it, then ends the connection.
+
+    `reset=True` aborts it (an RST, as a crashed host or a dropped proxy does); otherwise it is
+    closed normally (a FIN), so the body is simply shorter than its Content-Length said.
+    """
+
+    def __init__(self, length: int = 50_000, sent: int = 10_000, reset: bool = False) -> None:
+        super().__init__()
+        self.length, self.sent, self.reset = length, sent, reset
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {self.length}\r\n\r\n"
+                conn.sendall(head.encode() + b"\x89PNG" + b"x" * (self.sent - 4))
+                if self.reset:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                return
 
 
 def free_port() -> int:

@@ -33,7 +33,7 @@ from worker.images import (
     decode_image,
     encode_image,
     fit_to_frame,
-    read_image,
+    read_images,
 )
 from worker.runtime import Runtime, house_model_photos
 from worker.schema import TryOnRequest, parse_request
@@ -122,19 +122,24 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
 def _load_pictures(
     request: TryOnRequest, photos: list, settings: Settings
 ) -> tuple[Image.Image, Image.Image, Image.Image | None]:
-    """Fetch and decode the person (or house photo), the garment and the caller's mask."""
+    """Fetch and decode the person (or house photo), the garment and the caller's mask.
+
+    The URLs among them are fetched at once, under one deadline for all (DOWNLOAD_TIMEOUT).
+    """
+    refs = [ref for ref in (request.person, request.garment, request.mask) if ref is not None]
+    pictures = dict(zip((ref.field for ref in refs), read_images(refs, settings), strict=True))
     if request.person is not None:
-        person = _converted(read_image(request.person, settings), "person", load_rgb)
+        person = _converted(pictures["person"], "person", load_rgb)
     else:
         data = photos[request.person_index].read_bytes()
         image = decode_image(data, "person_index", settings.max_input_pixels)
         person = _converted(image, "person_index", load_rgb)
     if request.fit == "pad":
         check_aspect(person.size, "person" if request.person is not None else "person_index", MAX_PAD_RATIO)
-    garment = _converted(read_image(request.garment, settings), "garment", load_rgb)
+    garment = _converted(pictures["garment"], "garment", load_rgb)
     user_mask = None
     if request.mask is not None:
-        user_mask = _converted(read_image(request.mask, settings), "mask", load_mask)
+        user_mask = _converted(pictures["mask"], "mask", load_mask)
     if user_mask is not None and user_mask.size != person.size:
         # A mask is drawn over the person photo: bring it to the photo's frame before any padding.
         user_mask = user_mask.resize(person.size, Image.Resampling.NEAREST)
