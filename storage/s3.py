@@ -8,6 +8,7 @@ exception class names and S3 error codes only: a message could echo a URL or hea
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 
@@ -51,9 +52,18 @@ def is_permanent(exc: BaseException) -> bool:
     return 400 <= status < 500 and status not in _RETRYABLE_4XX
 
 
+# botocore's own limits for one request; a job's upload deadline can only make them shorter.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_client(
-    endpoint_url: str | None, access_key_id: str | None, secret_access_key: str | None, region: str
+    endpoint_url: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    region: str,
+    request_timeout: float,
 ) -> BaseClient:
     # A session per client: the default session is not safe to share between threads.
     session = boto3.session.Session()
@@ -62,8 +72,10 @@ def _cached_client(
         # Custom endpoints (MinIO, SeaweedFS, R2) rarely have per-bucket DNS names.
         s3={"addressing_style": "path" if endpoint_url else "auto"},
         retries={"total_max_attempts": 1, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
+        # A request never outlives the job's upload deadline by much, so a thread left behind
+        # by a job that gave up on a slow S3 ends soon after.
+        connect_timeout=min(CONNECT_TIMEOUT, request_timeout),
+        read_timeout=min(READ_TIMEOUT, request_timeout),
     )
     return session.client(
         "s3",
@@ -78,7 +90,11 @@ def _cached_client(
 def client_for(settings: S3Settings) -> BaseClient:
     """The boto3 S3 client for these settings, built once and reused across jobs."""
     return _cached_client(
-        settings.endpoint_url, settings.access_key_id, settings.secret_access_key, settings.region
+        settings.endpoint_url,
+        settings.access_key_id,
+        settings.secret_access_key,
+        settings.region,
+        settings.upload_timeout,
     )
 
 
@@ -89,15 +105,21 @@ def put_with_retries(
     data: bytes,
     content_type: str,
     sleep: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
 ) -> int:
     """Put one object, trying up to `settings.retry.attempts` times; returns the tries used.
 
-    Raises UploadError after the last try, or at once when S3 refused the request (wrong
-    secret, missing bucket): those do not get better by waiting.
+    Raises UploadError after the last try, at once when S3 refused the request (wrong
+    secret, missing bucket): those do not get better by waiting, and before any further try
+    once `stop` is set (the job has given up on S3: another file failed, or time ran out).
     """
     policy = settings.retry
     for attempt in range(1, policy.attempts + 1):
-        sleep(policy.delay_before(attempt))
+        delay = policy.delay_before(attempt)
+        if stop is None:
+            sleep(delay)
+        elif stop.wait(delay):
+            raise UploadError("stopped", attempt - 1)
         try:
             client.put_object(Bucket=settings.bucket, Key=key, Body=data, ContentType=content_type)
             return attempt
@@ -105,6 +127,19 @@ def put_with_retries(
             if is_permanent(exc) or attempt == policy.attempts:
                 raise UploadError(failure_reason(exc), attempt) from None
     raise AssertionError("unreachable: RetryPolicy.attempts is at least 1")
+
+
+def delete_quietly(client: BaseClient, settings: S3Settings, keys: list[str]) -> bool:
+    """Remove `keys` in one request (best effort); True when S3 confirmed every one."""
+    if not keys:
+        return True
+    try:
+        answer = client.delete_objects(
+            Bucket=settings.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+        )
+    except (BotoCoreError, ClientError):
+        return False
+    return not answer.get("Errors")
 
 
 def presigned_get_url(client: BaseClient, settings: S3Settings, key: str) -> str:

@@ -22,6 +22,8 @@ MAX_PRESIGNED_EXPIRY = 7 * 24 * 3600
 DEFAULT_PRESIGNED_EXPIRY = MAX_PRESIGNED_EXPIRY
 DEFAULT_UPLOAD_ATTEMPTS = 3
 DEFAULT_UPLOAD_BACKOFF = 0.5
+# All of a job's uploads together, retries and waits included; then the images go inline.
+DEFAULT_UPLOAD_TIMEOUT = 30.0
 
 # Environment names, in order of preference (RunPod's names first, then the seed's).
 ENDPOINT_VARS = ("BUCKET_ENDPOINT_URL",)
@@ -71,6 +73,7 @@ class S3Settings:
     prefix: str = ""
     expiry_seconds: int = DEFAULT_PRESIGNED_EXPIRY
     retry: RetryPolicy = RetryPolicy()
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
     source: str = "environment"  # or "s3Config": logged with a failure so operators know which to fix
 
     def object_key(self, job_id: str, index: int, extension: str) -> str:
@@ -245,6 +248,9 @@ def load_settings(
             backoff_seconds=_number_setting(
                 env, "BUCKET_UPLOAD_BACKOFF", DEFAULT_UPLOAD_BACKOFF, 0, 30, cast=float
             ),
+        ),
+        upload_timeout=_number_setting(
+            env, "BUCKET_UPLOAD_TIMEOUT", DEFAULT_UPLOAD_TIMEOUT, 0.1, 3600, cast=float
         ),
         **connection,
     )

@@ -11,7 +11,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-from botocore.exceptions import EndpointConnectionError
 from PIL import Image
 from s3_server import S3Server, start_seaweedfs
 
@@ -229,37 +228,6 @@ def test_retries_back_off_doubling():
     assert waits == [0.0, 0.25, 0.5, 1.0]
     assert failure.value.attempts == 4
     assert failure.value.reason == "EndpointConnectionError"
-
-
-def test_later_images_go_inline_after_a_failure_but_earlier_urls_stay(s3_server, s3_bucket):
-    # A real client and server, with every request for the second image broken on the way out
-    # (a botocore hook on the cached client the store uses): the first upload succeeds.
-    env = s3_server.env(s3_bucket)
-    client = client_for(load_settings(env=env))
-    sent: list[str] = []
-
-    def break_second_image(request, **kwargs) -> None:
-        sent.append(urlsplit(request.url).path)
-        if request.url.split("?")[0].endswith("/job-mix/1.png"):
-            raise EndpointConnectionError(endpoint_url=request.url)
-
-    client.meta.events.register("before-send.s3.PutObject", break_second_image, unique_id="break-1png")
-    try:
-        result = store_images("job-mix", [b"one", b"two", b"three"], extension="png",
-                              content_type="image/png", env=env)
-    finally:
-        client.meta.events.unregister("before-send.s3.PutObject", unique_id="break-1png")
-
-    first, *rest = result.images
-    assert first.base64 is None and s3_server.get(first.url) == (200, "image/png", b"one")
-    assert [base64.b64decode(image.base64) for image in rest] == [b"two", b"three"]
-    assert all(image.url is None for image in rest)
-    assert result.warnings == [
-        "upload to S3 failed after 2 attempts (EndpointConnectionError); returning images inline"
-    ]
-    # Tried twice (BUCKET_UPLOAD_ATTEMPTS=2), then the third image was not tried at all.
-    assert sent == [f"/{s3_bucket}/job-mix/{index}.png" for index in (0, 1, 1)]
-    assert keys_in(s3_server, s3_bucket) == ["job-mix/0.png"]
 
 
 @pytest.mark.parametrize(

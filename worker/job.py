@@ -22,7 +22,7 @@ from PIL import Image
 
 from preprocess import PreprocessError
 from preprocess.images import load_mask, load_rgb
-from storage import store_images
+from storage import OutputFile, store_outputs
 from worker.config import MB, Settings
 from worker.errors import InputError, JobError, OutOfMemoryJobError, ResultTooLargeError
 from worker.images import (
@@ -213,23 +213,15 @@ def _generate(
 def _store(
     job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config: object
 ) -> tuple[list[dict], dict | None, list[str]]:
-    """Upload (or inline) the images and the mask; returns their entries and any warnings."""
-    stored = store_images(
-        job_id,
-        encoded,
-        extension=EXTENSIONS[request.output_format],
-        content_type=CONTENT_TYPES[request.output_format],
-        s3_config=s3_config,
-    )
-    warnings = list(stored.warnings)
-    mask_entry = None
+    """Upload (or inline) the images and the mask, one decision for all; entries and warnings."""
+    extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
+    files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(encoded)]
     if encoded_mask is not None:
-        stored_mask = store_images(
-            f"{job_id}/mask", [encoded_mask], extension="png", content_type="image/png", s3_config=s3_config
-        )
-        mask_entry = stored_mask.images[0].to_dict()
-        warnings += [message for message in stored_mask.warnings if message not in warnings]
-    return [image.to_dict() for image in stored.images], mask_entry, warnings
+        files.append(OutputFile(encoded_mask, "image/png", "png", 0, group="mask"))
+    stored = store_outputs(job_id, files, s3_config=s3_config)
+    entries = [image.to_dict() for image in stored.images]
+    mask_entry = entries.pop() if encoded_mask is not None else None
+    return entries, mask_entry, list(stored.warnings)
 
 
 def _diffuse(
