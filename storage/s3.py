@@ -11,6 +11,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.client import BaseClient
@@ -64,6 +65,7 @@ def _cached_client(
     secret_access_key: str | None,
     region: str,
     request_timeout: float,
+    address: str | None,
 ) -> BaseClient:
     # A session per client: the default session is not safe to share between threads.
     session = boto3.session.Session()
@@ -77,7 +79,7 @@ def _cached_client(
         connect_timeout=min(CONNECT_TIMEOUT, request_timeout),
         read_timeout=min(READ_TIMEOUT, request_timeout),
     )
-    return session.client(
+    client = session.client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key_id,
@@ -85,6 +87,53 @@ def _cached_client(
         region_name=region,
         config=config,
     )
+    if address is not None and endpoint_url:
+        _pin(client, address, endpoint_url)
+    return client
+
+
+def _pin(client: BaseClient, address: str, endpoint_url: str) -> None:
+    """Make `client` dial `address` for its endpoint instead of looking the name up again.
+
+    The name stays in the Host header (which SigV4 signs), in TLS's SNI and in the
+    certificate check, as the runpod SDK's pinned downloads do. botocore has no public hook
+    for where a connection goes: its HTTP session's pool manager is wrapped (through
+    `_endpoint`, a private attribute; `test_upload_faults` fails if a botocore upgrade
+    moves it). A request through a proxy is left alone: the proxy resolves the name.
+    """
+    parts = urlsplit(endpoint_url)
+    default_port = 443 if parts.scheme == "https" else 80
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host_header = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+    http = client._endpoint.http_session
+    pools_for = http._get_connection_manager
+
+    def pinned_pools(url: str, proxy_url: str | None = None):
+        manager = pools_for(url, proxy_url)
+        return manager if proxy_url else _PinnedPools(manager, address, parts.hostname)
+
+    http._get_connection_manager = pinned_pools
+
+    def keep_the_name(request, **kwargs) -> None:
+        request.headers["Host"] = host_header
+
+    client.meta.events.register("before-send.s3", keep_the_name, unique_id="ootd-pinned-host")
+
+
+class _PinnedPools:
+    """A urllib3 pool manager whose pools connect to one address, keeping the name for TLS."""
+
+    def __init__(self, manager, address: str, hostname: str) -> None:
+        self._manager, self._address, self._hostname = manager, address, hostname
+
+    def connection_from_url(self, url: str):
+        pool = self._manager.connection_from_url(url)
+        if pool.host != self._address:
+            if urlsplit(url).scheme == "https":
+                pool.assert_hostname = self._hostname
+                pool.conn_kw = {**(pool.conn_kw or {}), "server_hostname": self._hostname}
+            pool.host = self._address
+        return pool
 
 
 def client_for(settings: S3Settings) -> BaseClient:
@@ -95,6 +144,7 @@ def client_for(settings: S3Settings) -> BaseClient:
         settings.secret_access_key,
         settings.region,
         settings.upload_timeout,
+        settings.address,
     )
 
 

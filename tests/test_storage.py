@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import socket
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -252,8 +253,13 @@ def test_unusable_settings_go_inline_with_a_clear_warning(s3_config, env, expect
         load_settings(s3_config, env)
 
 
-def test_settings_region_prefix_and_secret_hidden_from_repr(allow_private_endpoints):
-    # (The override only spares a DNS lookup of the AWS host below: settings, not addresses.)
+def test_settings_region_prefix_and_secret_hidden_from_repr(allow_private_endpoints, monkeypatch):
+    # A job's endpoint is resolved once when its settings are read (and then dialled at that
+    # address): answer the AWS name below locally, with a documentation address, so that no
+    # DNS query leaves this machine. Nothing connects to it: these are settings only.
+    real_lookup = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: real_lookup(
+        "192.0.2.10" if host.endswith(".amazonaws.com") else host, *args, **kwargs))
     aws = load_settings(env={"BUCKET_NAME": "b", "BUCKET_SECRET_ACCESS_KEY": WRONG_SECRET,
                              "BUCKET_ENDPOINT_URL": "https://s3.eu-west-2.amazonaws.com"})
     assert aws.region == "eu-west-2"
@@ -265,6 +271,7 @@ def test_settings_region_prefix_and_secret_hidden_from_repr(allow_private_endpoi
     job = {"endpointUrl": "https://s3.ap-south-1.amazonaws.com", "accessId": "a", "accessSecret": "s",
            "bucketName": "j"}
     assert load_settings(job, env={"BUCKET_REGION": "eu-west-2"}).region == "ap-south-1"
+    assert load_settings(job, env={}).address == "192.0.2.10"  # the checked address is kept
     assert custom.object_key("../evil id", 2, ".webp") == "a/b/evil_id/2.webp"
     assert custom.object_key("job-1/mask", 0, "png") == "a/b/job-1/mask/0.png"
     assert custom.object_key("//..", 0, "png") == "a/b/job/0.png"

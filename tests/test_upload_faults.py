@@ -8,6 +8,7 @@ asserts are upper bounds of the configured deadline plus a generous slack.
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 from urllib.parse import urlsplit
@@ -149,3 +150,28 @@ def test_upload_deadline_setting_is_checked(value):
 
     with pytest.raises(StorageConfigError, match="BUCKET_UPLOAD_TIMEOUT must be"):
         load_settings(env={"BUCKET_NAME": "b", "BUCKET_UPLOAD_TIMEOUT": value})
+
+
+def test_a_job_endpoint_is_dialled_at_the_address_that_was_checked(s3_server, s3_bucket, monkeypatch):
+    # A name that answers the real server's address to the check and an address where nothing
+    # listens afterwards (DNS rebinding, played by the resolver every lookup goes through).
+    # Only loopback addresses are ever handed out: nothing can leave this machine.
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    name, port = "s3.rebinding.test", upstream(s3_server)[1]
+    real_lookup, lookups = socket.getaddrinfo, []
+
+    def rebinding_lookup(host, *args, **kwargs):
+        if host != name:
+            return real_lookup(host, *args, **kwargs)
+        lookups.append(host)
+        address = "127.0.0.1" if len(lookups) == 1 else "127.0.0.2"
+        return real_lookup(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_lookup)
+    config = {**s3_server.s3_config(s3_bucket), "endpointUrl": f"http://{name}:{port}"}
+    result = store_images("job-pin", [b"pinned"], extension="png", content_type="image/png",
+                          s3_config=config, env={})  # fmt: skip
+    assert result.warnings == []
+    assert lookups == [name]  # looked up once, for the check
+    assert urlsplit(result.images[0].url).netloc == f"{name}:{port}"  # the caller's name, signed
+    assert keys_in(s3_server, s3_bucket) == ["job-pin/0.png"]
