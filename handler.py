@@ -17,6 +17,7 @@ from runpod.serverless.modules.rp_logger import RunPodLogger
 from worker.config import Settings
 from worker.job import handle
 from worker.runtime import WeightsMissingError, get_runtime
+from worker.threads import size_thread_pools
 
 
 def handler(job: dict) -> dict:
@@ -32,6 +33,7 @@ def main() -> None:
         # The SDK defaults to DEBUG, where it logs whole jobs, per-job s3Config secrets included.
         # `--rp_log_level` or RUNPOD_LOG_LEVEL still choose another level explicitly.
         RunPodLogger().set_level("INFO")
+    size_thread_pools()
     try:
         get_runtime(Settings.from_env())
     except (WeightsMissingError, ValueError) as error:

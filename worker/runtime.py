@@ -18,6 +18,7 @@ from typing import Any
 from ootd.layout import missing_files, ootd_files
 from preprocess.layout import PREPROCESS_FILES
 from worker.config import Settings
+from worker.threads import container_cpus
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def load_runtime(settings: Settings) -> Runtime:
 
     start = time.perf_counter()
     pipelines = load_pipelines(root, model_types=settings.model_types)
-    preprocessor = Preprocessor.from_checkpoints(root)
+    preprocessor = Preprocessor.from_checkpoints(root, threads=container_cpus())
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor from %s in %.1f s", ",".join(pipelines), root, seconds)
     return Runtime(pipelines=pipelines, preprocessor=preprocessor, load_seconds=seconds)
