@@ -29,11 +29,16 @@ class FileServer:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.requests: list[str] = []
+        self.gates: dict[str, tuple[threading.Event, threading.Event]] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests.append(self.path)
+                if self.path in server.gates:
+                    arrived, release = server.gates[self.path]
+                    arrived.set()
+                    release.wait(300)
                 status, body, headers = server.routes.get(self.path, (404, b"not found", {}))
                 self.send_response(status)
                 for name, value in headers.items():
@@ -67,6 +72,12 @@ class FileServer:
     def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
         self.routes[path] = (status, body, headers or {"Content-Type": "application/octet-stream"})
         return self.url(path)
+
+    def hold(self, path: str, body: bytes) -> tuple[str, threading.Event, threading.Event]:
+        """Serve `body` only once `release` is set; `arrived` is set when the request comes in."""
+        arrived, release = threading.Event(), threading.Event()
+        self.gates[path] = (arrived, release)
+        return self.add(path, body), arrived, release
 
     def redirect(self, path: str, location: str, status: int = 302) -> str:
         self.routes[path] = (status, b"", {"Location": location})
