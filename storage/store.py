@@ -123,8 +123,9 @@ def _upload_all(
     stop = threading.Event()
     deadline = time.monotonic() + settings.upload_timeout
     pool = ThreadPoolExecutor(max_workers=min(len(files), MAX_PARALLEL_UPLOADS), thread_name_prefix="upload")
+    futures = []
     try:
-        futures = [
+        futures += [
             pool.submit(put_with_retries, client, settings, key, file.data, file.content_type, stop=stop)
             for file, key in zip(files, keys, strict=True)
         ]
@@ -162,7 +163,9 @@ def _upload_all(
         )
         return problem
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Join finished threads (none outlives the job); never wait for a PUT that is still
+        # running past the deadline: botocore's timeouts, capped by it, end that one.
+        pool.shutdown(wait=all(future.done() for future in futures), cancel_futures=True)
 
 
 def _succeeded(future) -> bool:

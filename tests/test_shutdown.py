@@ -2,8 +2,9 @@
 
 `python handler.py --rp_serve_api` in a subprocess (the SDK's local API server) takes a job
 whose garment URL is held back by a loopback server; once the worker is waiting for it, the
-process gets SIGTERM and the picture is released. The job must finish (or fail) cleanly, the
-process exit within the grace period, and the bucket hold only whole objects.
+process gets SIGTERM and the picture is released. The SDK lets the job finish: it must be
+answered with all its images in the bucket (and only whole objects there), and the process
+must exit right after, well within the grace period.
 """
 
 import contextlib

@@ -140,8 +140,9 @@ def read_images(refs: Sequence[ImageRef], settings: Settings) -> list[Image.Imag
     if sum(ref.kind == "url" for ref in refs) < 2:
         return [read_image(ref, settings, budget) for ref in refs]
     pool = ThreadPoolExecutor(max_workers=len(refs), thread_name_prefix="fetch")
+    futures = []
     try:
-        futures = [pool.submit(read_image, ref, settings, budget) for ref in refs]
+        futures += [pool.submit(read_image, ref, settings, budget) for ref in refs]
         # The fetches end by the deadline themselves; the margin only covers a stuck name
         # lookup (getaddrinfo cannot be interrupted) or a decode finishing just after it.
         wait(futures, timeout=budget.remaining() + _DEADLINE_MARGIN, return_when=FIRST_EXCEPTION)
@@ -157,7 +158,9 @@ def read_images(refs: Sequence[ImageRef], settings: Settings) -> list[Image.Imag
         return [future.result() for future in futures]
     finally:
         budget.cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Join the threads when they are done (so none outlives the job), never wait for one
+        # that is still connecting: it ends by the deadline on its own.
+        pool.shutdown(wait=all(future.done() for future in futures), cancel_futures=True)
 
 
 def fetch_url(ref: ImageRef, settings: Settings, budget: DownloadBudget | None = None) -> bytes:
