@@ -219,7 +219,9 @@ def run_soak(worker: ApiWorker, plans: list[JobPlan], every: int, warmup: int) -
         if problem:
             result.problems.append(f"job {number} ({plan.expect}): {problem}")
         if number % every == 0 or number in (warmup, len(plans)):
-            result.samples.append(process_sample(pid, number, started))
+            sample = process_sample(pid, number, started)
+            result.samples.append(sample)
+            print(f"after {number} jobs: {sample}", file=sys.stderr, flush=True)  # progress of a long run
     result.seconds = time.monotonic() - started
     result.problems += growth_problems(result.samples, warmup)
     return result
