@@ -101,8 +101,9 @@ def store_outputs(
             urls = [presigned_get_url(client, settings, key) for key in keys]
         except BotoCoreError as exc:  # presigning is local, but a broken config can still fail here
             problem = f"signing the S3 URL failed ({failure_reason(exc)})"
+            logger.warning(problem)
     if problem is not None:
-        return _all_inline(files, f"{problem}; returning images inline", settings)
+        return _all_inline(files, f"{problem}; returning images inline", logged=True)
     return StorageResult(
         [StoredImage(content_type=f.content_type, url=u) for f, u in zip(files, urls, strict=True)]
     )
@@ -172,9 +173,7 @@ def _succeeded(future) -> bool:
     return future.done() and not future.cancelled() and future.exception() is None
 
 
-def _all_inline(
-    files: Sequence[OutputFile], message: str, settings: S3Settings | None = None
-) -> StorageResult:
-    if settings is None:
+def _all_inline(files: Sequence[OutputFile], message: str, logged: bool = False) -> StorageResult:
+    if not logged:
         logger.warning(message)
     return StorageResult([file.inline() for file in files], [message])
