@@ -52,7 +52,23 @@ class Sample:
     threads: int
 
 
-def process_sample(pid: int, jobs: int, started: float) -> Sample:
+def process_sample(pid: int, jobs: int, started: float, reads: int = 5) -> Sample:
+    """The process now; descriptors and threads are the fewest seen over `reads` reads 0.2 s apart.
+
+    A thread or socket that a finished job is still closing when the answer arrives is not
+    growth; one that stays is seen in every read.
+    """
+    samples = [_read_process(pid, jobs, started)]
+    for _ in range(reads - 1):
+        time.sleep(0.2)
+        samples.append(_read_process(pid, jobs, started))
+    last = samples[-1]
+    last.fds = min(sample.fds for sample in samples)
+    last.threads = min(sample.threads for sample in samples)
+    return last
+
+
+def _read_process(pid: int, jobs: int, started: float) -> Sample:
     status = Path(f"/proc/{pid}/status").read_text()
     values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     rss_kb = int(values["VmRSS"].split()[0])
