@@ -53,6 +53,9 @@ def is_permanent(exc: BaseException) -> bool:
     return 400 <= status < 500 and status not in _RETRYABLE_4XX
 
 
+# A job's files upload side by side, at most this many at once (4 samples and a mask); the
+# client keeps as many connections open, so its descriptors are bounded by this too.
+MAX_PARALLEL_UPLOADS = 5
 # botocore's own limits for one request; a job's upload deadline can only make them shorter.
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -74,6 +77,7 @@ def _cached_client(
         # Custom endpoints (MinIO, SeaweedFS, R2) rarely have per-bucket DNS names.
         s3={"addressing_style": "path" if endpoint_url else "auto"},
         retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=MAX_PARALLEL_UPLOADS,
         # A request never outlives the job's upload deadline by much, so a thread left behind
         # by a job that gave up on a slow S3 ends soon after.
         connect_timeout=min(CONNECT_TIMEOUT, request_timeout),

@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError
 
 from storage.result import StorageResult, StoredImage
 from storage.s3 import (
+    MAX_PARALLEL_UPLOADS,
     UploadError,
     client_for,
     delete_quietly,
@@ -33,8 +34,6 @@ from storage.settings import S3Settings, StorageConfigError, load_settings
 
 logger = logging.getLogger(__name__)
 
-# More parallel PUTs than a job has outputs (4 samples and a mask) would gain nothing.
-MAX_PARALLEL_UPLOADS = 5
 
 
 @dataclass(frozen=True)
