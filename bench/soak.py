@@ -30,12 +30,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the loopback file server and SeaweedFS launcher
 
 from s3_server import start_seaweedfs  # noqa: E402
 from worker_support import FileServer, free_port, image_bytes  # noqa: E402
+
+from storage.s3 import MAX_PARALLEL_UPLOADS  # noqa: E402
 
 MAX_RSS_GROWTH = 0.05
 SMALL = {"resolution": "256x192", "steps": 1, "guidance_scale": 1.0}
@@ -48,37 +51,64 @@ class Sample:
     jobs: int
     seconds: float
     rss_mb: float
-    fds: int
+    fds: int  # open descriptors other than the S3 client's pooled connections
     threads: int
+    s3_connections: int = 0  # the S3 client's pool: bounded by MAX_PARALLEL_UPLOADS, not by the warm-up
 
 
-def process_sample(pid: int, jobs: int, started: float, reads: int = 5) -> Sample:
+def process_sample(pid: int, jobs: int, started: float, s3_port: int = 0, reads: int = 5) -> Sample:
     """The process now; descriptors and threads are the fewest seen over `reads` reads 0.2 s apart.
 
     A thread or socket that a finished job is still closing when the answer arrives is not
     growth; one that stays is seen in every read.
     """
-    samples = [_read_process(pid, jobs, started)]
+    samples = [_read_process(pid, jobs, started, s3_port)]
     for _ in range(reads - 1):
         time.sleep(0.2)
-        samples.append(_read_process(pid, jobs, started))
+        samples.append(_read_process(pid, jobs, started, s3_port))
     last = samples[-1]
     last.fds = min(sample.fds for sample in samples)
     last.threads = min(sample.threads for sample in samples)
     return last
 
 
-def _read_process(pid: int, jobs: int, started: float) -> Sample:
+def _read_process(pid: int, jobs: int, started: float, s3_port: int) -> Sample:
     status = Path(f"/proc/{pid}/status").read_text()
+    descriptors = [_link(Path(f"/proc/{pid}/fd") / name) for name in os.listdir(f"/proc/{pid}/fd")]
+    sockets = {link[8:-1] for link in descriptors if link.startswith("socket:[")}
+    s3_connections = sum(inode in sockets for inode in _tcp_inodes_to_port(pid, s3_port))
     values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     rss_kb = int(values["VmRSS"].split()[0])
     return Sample(
         jobs=jobs,
         seconds=time.monotonic() - started,
         rss_mb=rss_kb / 1024,
-        fds=len(os.listdir(f"/proc/{pid}/fd")),
+        fds=len(descriptors) - s3_connections,
         threads=int(values["Threads"]),
+        s3_connections=s3_connections,
     )
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed between listing and reading
+        return ""
+
+
+def _tcp_inodes_to_port(pid: int, port: int) -> list[str]:
+    """Socket inodes of the process's TCP connections whose remote port is `port`."""
+    inodes = []
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if port and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.append(fields[9])
+    return inodes
 
 
 def worker_environment(checkpoints: Path, **extra: str) -> dict[str, str]:
@@ -223,19 +253,21 @@ def check_outcome(plan: JobPlan, status: int, body: dict) -> str | None:
     return None
 
 
-def run_soak(worker: ApiWorker, plans: list[JobPlan], every: int, warmup: int) -> SoakResult:
+def run_soak(
+    worker: ApiWorker, plans: list[JobPlan], every: int, warmup: int, s3_port: int = 0
+) -> SoakResult:
     """Send the jobs one after the other, sampling the worker process as it goes."""
     pid = worker.process.pid
     started = time.monotonic()
     result = SoakResult(jobs=len(plans), seconds=0.0)
-    result.samples.append(process_sample(pid, 0, started))
+    result.samples.append(process_sample(pid, 0, started, s3_port))
     for number, plan in enumerate(plans, start=1):
         status, body = worker.post("/runsync", {"input": plan.input})
         problem = check_outcome(plan, status, body)
         if problem:
             result.problems.append(f"job {number} ({plan.expect}): {problem}")
         if number % every == 0 or number in (warmup, len(plans)):
-            sample = process_sample(pid, number, started)
+            sample = process_sample(pid, number, started, s3_port)
             result.samples.append(sample)
             print(f"after {number} jobs: {sample}", file=sys.stderr, flush=True)  # progress of a long run
     result.seconds = time.monotonic() - started
@@ -256,6 +288,8 @@ def growth_problems(samples: list[Sample], warmup: int) -> list[str]:
             )
         if sample.fds > base.fds:
             problems.append(f"open descriptors grew from {base.fds} to {sample.fds} by job {sample.jobs}")
+        if sample.s3_connections > MAX_PARALLEL_UPLOADS:
+            problems.append(f"{sample.s3_connections} connections to S3 by job {sample.jobs}")
         if sample.threads > base.threads:
             problems.append(f"threads grew from {base.threads} to {sample.threads} by job {sample.jobs}")
     return problems
@@ -274,14 +308,15 @@ def soak(jobs: int, every: int, warmup: int, checkpoints: Path | None, workdir: 
         plans = plan_jobs(jobs, files)
         env = worker_environment(checkpoints, **s3.env(s3.create_bucket("soak")))
         worker = stack.enter_context(api_worker(env, workdir / "worker.log"))
-        return run_soak(worker, plans, every, warmup)
+        return run_soak(worker, plans, every, warmup, urlsplit(s3.endpoint_url).port)
 
 
 def report(result: SoakResult) -> str:
     lines = [f"{result.jobs} jobs in {result.seconds:.1f} s: {result.jobs_per_second:.2f} jobs/s",
-             "  jobs  seconds  RSS MB  fds  threads"]  # fmt: skip
+             "  jobs  seconds  RSS MB  fds  threads  S3 connections"]  # fmt: skip
     lines += [
-        f"{s.jobs:6d} {s.seconds:8.1f} {s.rss_mb:7.1f} {s.fds:4d} {s.threads:8d}" for s in result.samples
+        f"{s.jobs:6d} {s.seconds:8.1f} {s.rss_mb:7.1f} {s.fds:4d} {s.threads:8d} {s.s3_connections:15d}"
+        for s in result.samples
     ]
     lines += [f"PROBLEM: {problem}" for problem in result.problems] or ["flat: no growth after the warm-up"]
     return "\n".join(lines)
