@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import Settings
+from worker.threads import container_cpus
 from worker.weights import WeightsMissingError, locate_weights
 
 __all__ = ["Runtime", "WeightsMissingError", "get_runtime", "house_model_photos", "load_runtime"]
@@ -50,7 +51,7 @@ def load_runtime(settings: Settings) -> Runtime:
     pipelines = load_pipelines(
         sources.diffusion.folder, model_types=settings.model_types, clip_dir=sources.clip.folder
     )
-    preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder)
+    preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
     return Runtime(pipelines=pipelines, preprocessor=preprocessor, load_seconds=seconds)
