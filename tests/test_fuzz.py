@@ -190,6 +190,7 @@ def schema_inputs(draw) -> object:
 COSTLY_DEFAULTS = {"steps", "nSteps", "resolution"}
 VALID_JOB = {"person_index": 0, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "steps": 1, "seed": 7}
 ALIASED_JOB = {"modelSelection": 1, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "nSteps": 1}
+REFUSED_URL_JOB = {**VALID_JOB, "garment": f"http://{REFUSED_HOSTS[0]}/garment.png"}
 
 
 @st.composite
@@ -333,8 +334,9 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
     @given(job_input=handler_inputs())
     # Explicit examples run on every run, whatever the generator draws (generation under load
     # or another hypothesis version may reach the model zero times): one job the model serves
-    # through the seed API's aliases, so the property always sees both kinds of answer.
+    # through the seed API's aliases, so the property always sees both kinds of answer,
     @example(job_input=ALIASED_JOB)
+    @example(job_input=REFUSED_URL_JOB)  # and one URL the guard looks up and refuses
     def fuzz(job_input) -> None:
         result = run_job(job_input)
         assert isinstance(result, dict)
