@@ -79,13 +79,12 @@ def test_a_repeated_house_model_job_skips_pose_and_parsing_and_returns_the_same_
 
 
 def test_model_type_category_fit_and_resolution_each_have_their_own_entry(runtime, settings, garment) -> None:
-    settings = replace(settings, extra_resolutions=("256x192", "128x96"))
     requests = [
         {"model_type": "hd", "category": "upper_body"},
         {"model_type": "dc", "category": "upper_body"},
         {"model_type": "dc", "category": "lower_body"},
         {"model_type": "dc", "category": "lower_body", "fit": "stretch"},
-        {"model_type": "dc", "category": "lower_body", "fit": "stretch", "resolution": "128x96"},
+        {"model_type": "dc", "category": "lower_body", "fit": "stretch", "resolution": "512x384"},
     ]
     with pose_calls(runtime) as calls:
         for number, fields in enumerate(requests, start=1):

@@ -63,6 +63,9 @@ class Settings:
     garment_cache_mb: int = DEFAULT_GARMENT_CACHE_MB
     house_mask_cache_mb: int = DEFAULT_HOUSE_MASK_CACHE_MB
     precompute_house_masks: bool = False
+    # torch.compile of the try-on UNet (ootd/compile.py): off until a GPU measurement pays for
+    # its compile time at cold start (bench/README.md).
+    compile: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -94,6 +97,7 @@ class Settings:
                 env, "HOUSE_MASK_CACHE_MB", cls.house_mask_cache_mb, int, allow_zero=True
             ),
             precompute_house_masks=_flag(env, "PRECOMPUTE_HOUSE_MASKS", cls.precompute_house_masks),
+            compile=_flag(env, "OOTD_COMPILE", cls.compile),
         )
 
 

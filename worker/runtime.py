@@ -64,6 +64,11 @@ def load_runtime(settings: Settings) -> Runtime:
         clip_dir=sources.clip.folder,
         garment_cache=garment_cache,
     )
+    if settings.compile:
+        from ootd.compile import compile_pipeline
+
+        for pipeline in pipelines.values():
+            compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
     preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder)
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
