@@ -58,7 +58,7 @@ RUN --mount=type=secret,id=hf_token,required=false \
  && if [ "${WEIGHTS_DTYPE}" = fp16 ]; then python -m builder.to_fp16 /weights; fi
 
 # Run time: never reach for the hub. The worker looks for its weights itself (an explicit
-# CHECKPOINTS_DIR, RunPod's model cache, then the baked /weights), so no CHECKPOINTS_DIR here.
+# CHECKPOINTS_DIR, else per part the baked /weights, then RunPod's model cache), so no CHECKPOINTS_DIR here.
 ENV HF_HUB_OFFLINE=1 \
     OOTD_MODEL_TYPES=${OOTD_MODEL_TYPES}
 

@@ -188,15 +188,20 @@ def _tiny_unet(in_channels: int, seed: int) -> UNet2DConditionModel:
     return unet
 
 
+def save_unet(unet: UNet2DConditionModel, root: Path, model_type: str, which: str) -> None:
+    """Write one UNet as the hub holds it: fp32 safetensors and the published class name."""
+    folder = Path(root) / layout.unet_dir(model_type, which)
+    unet.save_pretrained(folder, safe_serialization=True)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["_class_name"] = UNET_CLASS_NAMES[which]
+    config["_diffusers_version"] = "0.24.0.dev0"
+    _write_json(config_path, config)
+
+
 def _write_unets(root: Path, model_type: str, seed: int) -> None:
     for offset, (which, in_channels) in enumerate((("unet_garm", 4), ("unet_vton", 8))):
-        folder = root / layout.unet_dir(model_type, which)
-        _tiny_unet(in_channels, seed + 10 * offset).save_pretrained(folder, safe_serialization=True)
-        config_path = folder / "config.json"
-        config = json.loads(config_path.read_text())
-        config["_class_name"] = UNET_CLASS_NAMES[which]
-        config["_diffusers_version"] = "0.24.0.dev0"
-        _write_json(config_path, config)
+        save_unet(_tiny_unet(in_channels, seed + 10 * offset), root, model_type, which)
 
 
 def _write_vae(root: Path, seed: int) -> None:
@@ -214,7 +219,12 @@ def _write_vae(root: Path, seed: int) -> None:
             scaling_factor=0.18215,
         )
     _perturb(vae, seed + 1)
-    folder = root / layout.VAE_DIR
+    save_vae(vae, root)
+
+
+def save_vae(vae: AutoencoderKL, root: Path) -> None:
+    """Write the VAE as the hub holds it: an fp32 pickle (`.bin`), no safetensors."""
+    folder = Path(root) / layout.VAE_DIR
     vae.save_config(folder)
     torch.save(vae.state_dict(), folder / "diffusion_pytorch_model.bin")
 
@@ -258,7 +268,12 @@ def _write_text_parts(root: Path, seed: int) -> None:
     with _seeded(seed):
         text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config_kwargs(vocab)))
     _perturb(text_encoder, seed + 1)
-    folder = root / layout.TEXT_ENCODER_DIR
+    save_text_encoder(text_encoder, root)
+
+
+def save_text_encoder(text_encoder: CLIPTextModel, root: Path) -> None:
+    """Write the text encoder as the hub holds it (see below); the tokenizer is written apart."""
+    folder = Path(root) / layout.TEXT_ENCODER_DIR
     text_encoder.config.architectures = ["CLIPTextModel"]
     text_encoder.config.save_pretrained(folder)
     # The hub holds an fp32 pickle here, not safetensors, written by transformers 4: its keys
@@ -290,7 +305,12 @@ def _write_clip(root: Path, seed: int) -> None:
     with _seeded(seed):
         model = CLIPModel(config)
     _perturb(model, seed + 1)
-    folder = root / layout.CLIP_DIR
+    save_clip(model, root)
+
+
+def save_clip(model: CLIPModel, root: Path) -> None:
+    """Write the whole CLIP model (both towers, safetensors) and its preprocessor config."""
+    folder = Path(root) / layout.CLIP_DIR
     model.save_pretrained(folder, safe_serialization=True)
     _write_json(folder / "preprocessor_config.json", CLIP_PREPROCESSOR_CONFIG)
 

@@ -262,17 +262,20 @@ class HumanParser:
 
     @classmethod
     def from_checkpoints(
-        cls, root: str | Path, providers: Sequence[ProviderSpec] | None = None
+        cls, root: str | Path, providers: Sequence[ProviderSpec] | None = None, threads: int | None = None
     ) -> "HumanParser":
         """Create one onnxruntime session per published file under the checkpoints `root`.
 
         Sessions are expensive (graph optimisation of a ~267 MB ResNet-101 each), so a worker makes
-        them once at start-up and reuses them for every request.
+        them once at start-up and reuses them for every request. `threads` sizes each session's
+        intra-op pool (onnxruntime's default is the host's core count, not the container's).
         """
         root = Path(root)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads is not None:
+            options.intra_op_num_threads = threads
         chosen = list(providers) if providers is not None else default_providers()
         if _wants_cuda(chosen):
             preload_cuda_libraries()

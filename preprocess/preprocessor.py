@@ -66,11 +66,14 @@ class Preprocessor:
         self.parser = parser
 
     @classmethod
-    def from_checkpoints(cls, root: str | Path, device: "str | torch.device | None" = None) -> "Preprocessor":
+    def from_checkpoints(
+        cls, root: str | Path, device: "str | torch.device | None" = None, threads: int | None = None
+    ) -> "Preprocessor":
         """Load OpenPose and both parsing networks from the published `checkpoints/` root, once.
 
         `device` "cpu" keeps both on the CPU; None or "cuda[:n]" uses CUDA where it is available
-        (torch for OpenPose, the onnxruntime CUDA provider for parsing), else the CPU.
+        (torch for OpenPose, the onnxruntime CUDA provider for parsing), else the CPU. `threads`
+        sizes the parsing sessions' CPU thread pools (default: onnxruntime's, the host's cores).
         """
         from preprocess.pose import BodyPoseEstimator  # heavy (torch); only needed here
 
@@ -78,7 +81,7 @@ class Preprocessor:
         pose = BodyPoseEstimator.from_checkpoint(root / BODY_POSE, device=device)
         on_cpu = device is not None and str(device).startswith("cpu")
         providers = ["CPUExecutionProvider"] if on_cpu else None
-        return cls(pose=pose, parser=HumanParser.from_checkpoints(root, providers=providers))
+        return cls(pose=pose, parser=HumanParser.from_checkpoints(root, providers=providers, threads=threads))
 
     def __call__(
         self,

@@ -2,9 +2,10 @@
 
 from storage.result import StorageResult, StoredImage
 from storage.settings import RetryPolicy, S3Settings, StorageConfigError, load_settings
-from storage.store import store_images
+from storage.store import OutputFile, store_images, store_outputs
 
 __all__ = [
+    "OutputFile",
     "RetryPolicy",
     "S3Settings",
     "StorageConfigError",
@@ -12,4 +13,5 @@ __all__ = [
     "StoredImage",
     "load_settings",
     "store_images",
+    "store_outputs",
 ]

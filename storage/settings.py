@@ -22,15 +22,14 @@ MAX_PRESIGNED_EXPIRY = 7 * 24 * 3600
 DEFAULT_PRESIGNED_EXPIRY = MAX_PRESIGNED_EXPIRY
 DEFAULT_UPLOAD_ATTEMPTS = 3
 DEFAULT_UPLOAD_BACKOFF = 0.5
+# All of a job's uploads together, retries and waits included; then the images go inline.
+DEFAULT_UPLOAD_TIMEOUT = 30.0
 
 # Environment names, in order of preference (RunPod's names first, then the seed's).
 ENDPOINT_VARS = ("BUCKET_ENDPOINT_URL",)
 ACCESS_KEY_VARS = ("BUCKET_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
 SECRET_KEY_VARS = ("BUCKET_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
 BUCKET_VARS = ("BUCKET_NAME", "S3_Bucket")
-# The runpod SDK's switch that lets downloads reach private addresses also lets a job's
-# s3Config endpoint be one (local testing only).
-ALLOW_PRIVATE_VAR = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"
 
 _AWS_REGION_IN_HOST = re.compile(r"(?:^|\.)s3[.-]([a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com(?:\.cn)?$")
 
@@ -71,6 +70,10 @@ class S3Settings:
     prefix: str = ""
     expiry_seconds: int = DEFAULT_PRESIGNED_EXPIRY
     retry: RetryPolicy = RetryPolicy()
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
+    # The endpoint's address as checked for a job's s3Config (connections go there, with the
+    # name kept for the Host header and TLS); None: connect by name (the worker's own bucket).
+    address: str | None = None
     source: str = "environment"  # or "s3Config": logged with a failure so operators know which to fix
 
     def object_key(self, job_id: str, index: int, extension: str) -> str:
@@ -133,26 +136,21 @@ def _endpoint(url: str | None, origin: str) -> str | None:
     return url
 
 
-def _private_endpoints_allowed() -> bool:
-    """The runpod SDK's download override (local testing), read as the SDK reads it."""
-    return os.environ.get(ALLOW_PRIVATE_VAR, "").strip().lower() in ("1", "true", "yes")
-
-
-def _refuse_private_endpoint(url: str) -> None:
-    """Refuse a job's endpoint that is not a public address, as job-input URLs are refused.
+def _checked_address(url: str) -> str:
+    """Resolve a job's endpoint once, refuse it unless public, and return the address to dial.
 
     A job chooses its `s3Config` endpoint, so without this a job could make the worker send
     requests to loopback, the private network or the cloud metadata address, and read which
     of them answer from the warning. Nothing is sent to a refused endpoint, and the message is
-    the same whatever the address is. (boto3 resolves the name again when it connects, so a
-    name that changes its address in between is not caught; a job's own bucket is the target.)
+    the same whatever the address is. The uploads then connect to the returned address
+    (`S3Settings.address`): a name that answers a public address to this check and a private
+    one a moment later (DNS rebinding) is never looked up a second time. The runpod SDK's
+    override (RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS, local testing) skips the refusal only.
     """
-    if _private_endpoints_allowed():
-        return
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        resolve_and_validate(parts.hostname, port)
+        return resolve_and_validate(parts.hostname, port)[0]
     except ValueError:  # SSRFError, and the UnicodeError of a host name that cannot be encoded
         raise StorageConfigError(
             "the job's s3Config endpoint is not allowed (it must resolve to a public address)"
@@ -166,18 +164,20 @@ def _job_settings(s3_config: object) -> dict:
             "s3Config must be a JSON object (endpointUrl, accessId, accessSecret, bucketName), "
             f"not {_json_type(s3_config)}"
         )
-    values = {
-        key: (str(s3_config.get(key) or "")).strip()
-        for key in ("endpointUrl", "accessId", "accessSecret", "bucketName")
-    }
+    keys = ("endpointUrl", "accessId", "accessSecret", "bucketName")
+    # Named, never shown: the values are credentials (and str() of a huge number would raise).
+    not_text = [key for key in keys if s3_config.get(key) and not isinstance(s3_config.get(key), str)]
+    if not_text:
+        raise StorageConfigError(f"s3Config {', '.join(not_text)} must be text")
+    values = {key: (s3_config.get(key) or "").strip() for key in keys}
     missing = [key for key, value in values.items() if not value]
     if missing:
         raise StorageConfigError(f"s3Config is missing {', '.join(missing)}")
     endpoint = _endpoint(values["endpointUrl"], "s3Config.endpointUrl")
-    _refuse_private_endpoint(endpoint)
     return {
         "bucket": values["bucketName"],
         "endpoint_url": endpoint,
+        "address": _checked_address(endpoint),
         "access_key_id": values["accessId"],
         "secret_access_key": values["accessSecret"],
         "source": "s3Config",
@@ -245,6 +245,9 @@ def load_settings(
             backoff_seconds=_number_setting(
                 env, "BUCKET_UPLOAD_BACKOFF", DEFAULT_UPLOAD_BACKOFF, 0, 30, cast=float
             ),
+        ),
+        upload_timeout=_number_setting(
+            env, "BUCKET_UPLOAD_TIMEOUT", DEFAULT_UPLOAD_TIMEOUT, 0.1, 3600, cast=float
         ),
         **connection,
     )

@@ -150,7 +150,8 @@ def _wait_until_ready(server: S3Server, timeout: float) -> None:
         try:
             client.list_buckets()
             # The first write allocates a volume (seconds); do it here, not in the first test.
-            client.create_bucket(Bucket="warmup")
+            if "warmup" not in {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}:
+                client.create_bucket(Bucket="warmup")  # (a restart on the same folder has it)
             client.put_object(Bucket="warmup", Key="ready", Body=b"ok")
             client.get_object(Bucket="warmup", Key="ready")["Body"].read()
             return
@@ -163,7 +164,11 @@ def _wait_until_ready(server: S3Server, timeout: float) -> None:
 
 
 def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
-    """Start SeaweedFS (master, volume, filer, S3) in `workdir` and wait until S3 works."""
+    """Start SeaweedFS (master, volume, filer, S3) in `workdir` and wait until S3 works.
+
+    Starting it again on the folder of a killed one (on new ports) brings back its buckets
+    and objects: how a test looks into the bucket of a server it killed.
+    """
     workdir = Path(workdir)
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)

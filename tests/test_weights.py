@@ -34,7 +34,6 @@ from worker.weights import (
 GARMENT_PNG = Path(handler.__file__).parent / "assets" / "garments" / "0_tshirt.png"
 OOTD_REVISION = "1" * 40
 CLIP_REVISION = "2" * 40
-WEIGHT_VARIABLES = ("CHECKPOINTS_DIR", "BAKED_WEIGHTS_DIR", "HF_HUB_CACHE")
 
 
 def cache_repo(cache: Path, repo_id: str, files: dict[str, Path], revision: str, *, ref: bool = True) -> Path:

@@ -24,6 +24,8 @@ from worker.images import (
 from worker.schema import ImageRef
 
 SETTINGS = Settings(download_connect_timeout=2.0, download_timeout=1.0, max_input_bytes=200_000)
+# What a job may take past its download deadline (issue 10: "the deadline plus a second or two").
+DEADLINE_SLACK = 2.0
 
 
 @pytest.fixture
@@ -90,7 +92,7 @@ def test_silent_server_times_out_quickly(allow_loopback) -> None:
         start = time.monotonic()
         with pytest.raises(InputError, match=r"^person: the download from 127\.0\.0\.1 timed out"):
             fetch_url(url_ref(silent.url()), replace(SETTINGS, download_timeout=0.5))
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 0.5 + DEADLINE_SLACK
 
 
 @pytest.mark.parametrize(
@@ -107,10 +109,12 @@ def test_slow_drip_is_cut_off_at_the_download_limit(
     with DripServer(gap, length=40) as drip:  # 10 s of dripping at least: a regression fails, not hangs
         start = time.monotonic()
         with pytest.raises(
-            InputError, match=rf"^person: the download from 127\.0\.0\.1 timed out \(limit {timeout:g} s\)$"
+            InputError,
+            match=rf"^person: the download from 127\.0\.0\.1 timed out \(limit {timeout:g} s for the job's",
         ):
             fetch_url(url_ref(drip.url()), settings)
-        assert time.monotonic() - start < connect + timeout + 0.5
+        # The deadline covers connecting too; the slack is for a loaded 2-core machine.
+        assert time.monotonic() - start < timeout + DEADLINE_SLACK
 
 
 @pytest.mark.parametrize(

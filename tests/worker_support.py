@@ -2,17 +2,20 @@
 
 `FileServer` is an HTTP server on 127.0.0.1 serving registered bodies, statuses and redirects;
 `SilentServer` accepts TCP connections and never answers (a download that times out);
-`DripServer` answers at once and then sends a byte at a time, slowly. The
+`DripServer` answers at once and then sends a byte at a time, slowly; `BrokenBodyServer` sends
+part of a body and hangs up. The
 image helpers make real encoded files, including a PNG whose header claims 100 megapixels.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import struct
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
@@ -26,11 +29,16 @@ class FileServer:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
         self.requests: list[str] = []
+        self.gates: dict[str, tuple[threading.Event, threading.Event]] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests.append(self.path)
+                if self.path in server.gates:
+                    arrived, release = server.gates[self.path]
+                    arrived.set()
+                    release.wait(300)
                 status, body, headers = server.routes.get(self.path, (404, b"not found", {}))
                 self.send_response(status)
                 for name, value in headers.items():
@@ -64,6 +72,12 @@ class FileServer:
     def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
         self.routes[path] = (status, body, headers or {"Content-Type": "application/octet-stream"})
         return self.url(path)
+
+    def hold(self, path: str, body: bytes) -> tuple[str, threading.Event, threading.Event]:
+        """Serve `body` only once `release` is set; `arrived` is set when the request comes in."""
+        arrived, release = threading.Event(), threading.Event()
+        self.gates[path] = (arrived, release)
+        return self.add(path, body), arrived, release
 
     def redirect(self, path: str, location: str, status: int = 302) -> str:
         self.routes[path] = (status, b"", {"Location": location})
@@ -147,6 +161,112 @@ class DripServer(_RawLoopbackServer):
     def __exit__(self, *exc) -> None:
         self.stop.set()
         super().__exit__(*exc)
+
+
+class BrokenBodyServer(_RawLoopbackServer):
+    """Answers 200 with `Content-Length: length`, sends `sent` bytes of it, then ends the connection.
+
+    `reset=True` aborts it (an RST, as a crashed host or a dropped proxy does); otherwise it is
+    closed normally (a FIN), so the body is simply shorter than its Content-Length said.
+    """
+
+    def __init__(self, length: int = 50_000, sent: int = 10_000, reset: bool = False) -> None:
+        super().__init__()
+        self.length, self.sent, self.reset = length, sent, reset
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {self.length}\r\n\r\n"
+                conn.sendall(head.encode() + b"\x89PNG" + b"x" * (self.sent - 4))
+                if self.reset:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                return
+
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 in front of `upstream` (host, port) that can slow a server down.
+
+    `answer_delay` holds back each connection's first answer bytes (a server slow to reply);
+    `upload_rate` caps the bytes per second sent upstream (a slow link, so that a test can act
+    in the middle of an upload). `forwarded` counts the request bytes sent upstream, and
+    `upload_started` is set once `started_after` of them have gone through.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        answer_delay: float = 0.0,
+        upload_rate: float | None = None,
+        started_after: int = 65536,
+    ) -> None:
+        self.upstream, self.answer_delay, self.upload_rate = upstream, answer_delay, upload_rate
+        self.started_after = started_after
+        self.forwarded = 0
+        self.upload_started = threading.Event()
+        self.closing = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.upstream, timeout=5)
+        except OSError:
+            client.close()  # upstream is down: the client sees the connection drop
+            return
+        server.settimeout(None)
+        threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+        self._pipe(server, client, False)
+
+    def _pipe(self, source: socket.socket, target: socket.socket, upload: bool) -> None:
+        first = True
+        try:
+            while not self.closing.is_set():
+                # Small reads when pacing, so that the rate holds over short spans too.
+                chunk = source.recv(4096 if upload and self.upload_rate else 65536)
+                if not chunk:
+                    break
+                if upload:
+                    if self.upload_rate:
+                        time.sleep(len(chunk) / self.upload_rate)
+                    self.forwarded += len(chunk)
+                    if self.forwarded >= self.started_after:
+                        self.upload_started.set()
+                elif first and self.answer_delay and self.closing.wait(self.answer_delay):
+                    break
+                first = False
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closing.set()
+        self.sock.close()
 
 
 def free_port() -> int:

@@ -41,7 +41,8 @@ class Settings:
     max_input_bytes: int = 20 * MB
     max_input_pixels: int = 50_000_000
     download_connect_timeout: float = 10.0
-    download_timeout: float = 60.0
+    # All of a job's downloads together (connecting included), however many pictures it fetches.
+    download_timeout: float = 30.0
     download_max_redirects: int = 3
     # Results: RunPod refuses results over 10 MB (/run) or 20 MB (/runsync); the worker cannot
     # tell which route a job came by, so the default is the stricter one.

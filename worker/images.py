@@ -8,7 +8,8 @@ from a Content-Type or file name. Messages name the field and never echo a URL's
 which often carry access tokens.
 
 Out: the `pad` fit (people are never stretched: the photo is scaled into the model's 768x1024
-frame, padded with white and the result cropped back) and PNG/JPEG/WebP encoding.
+frame, padded with white and the result cropped back); PNG/JPEG/WebP encoding lives in the
+runpod-free `worker.encoding` and is re-exported here.
 """
 
 import base64
@@ -21,14 +22,22 @@ import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import requests
 from PIL import Image
 from runpod.serverless.utils.rp_ssrf import SSRFError, iter_content_capped, safe_get
 from urllib3.exceptions import ReadTimeoutError
+from urllib3.util import Timeout
 
 from worker.config import MB, Settings
+
+# Re-exported: callers import the output side from here too.
+from worker.encoding import CONTENT_TYPES as CONTENT_TYPES
+from worker.encoding import EXTENSIONS as EXTENSIONS
+from worker.encoding import encode_image as encode_image
 from worker.errors import InputError
 from worker.schema import ImageRef, url_host, url_problem
 
@@ -40,54 +49,155 @@ Image.init()
 INPUT_FORMATS = tuple(
     name for name in ("JPEG", "PNG", "WEBP", "AVIF", "BMP", "GIF", "TIFF") if name in Image.OPEN
 )
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-# PNG level 1, measured at 768x1024 (bench/bench_encoding.py, table in bench/README.md): 2.8x
-# faster than zlib's default 6 for 13 % more bytes; levels 2-3 gain nothing, 4-9 cost as much as 6.
-_ENCODE_OPTIONS = {
-    "png": {"format": "PNG", "compress_level": 1},
-    "jpeg": {"format": "JPEG", "quality": 92, "subsampling": 0},
-    "webp": {"format": "WEBP", "quality": 90, "method": 4},
-}
 _DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?)(?P<b64>;base64)?,", re.IGNORECASE)
 _CHUNK = 64 * 1024
+# How long past its deadline a job waits for a download thread stuck outside urllib3's timeouts.
+_DEADLINE_MARGIN = 1.0
 
 
-def read_image(ref: ImageRef, settings: Settings) -> Image.Image:
+class DownloadBudget:
+    """One deadline shared by all of a job's downloads, and a way to call them all off.
+
+    A job is billed while it waits: however many pictures it fetches, and however they fail
+    (a host that never answers, one that drips a byte a second, a redirect chain of slow
+    hops), its downloads together end by `expires`. `cancel()` stops the body reads still
+    running, for when one picture has already failed the job.
+    """
+
+    def __init__(self, seconds: float, connect_timeout: float) -> None:
+        self.seconds = seconds
+        self.connect_timeout = connect_timeout
+        self.expires = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._wakers: set[threading.Event] = set()
+
+    def remaining(self) -> float:
+        return max(0.0, self.expires - time.monotonic())
+
+    def timeout(self) -> Timeout:
+        """A urllib3 timeout that every request (each redirect hop too) re-reads from the deadline."""
+        return _DeadlineTimeout(self)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            wakers = list(self._wakers)
+        for waker in wakers:
+            waker.set()
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[threading.Event]:
+        """An event set when the downloads are called off (at once if they already were)."""
+        waker = threading.Event()
+        with self._lock:
+            self._wakers.add(waker)
+            if self._cancelled:
+                waker.set()
+        try:
+            yield waker
+        finally:
+            with self._lock:
+                self._wakers.discard(waker)
+
+
+class _DeadlineTimeout(Timeout):
+    """urllib3 clones a timeout for each request it sends: each clone gets what is left.
+
+    `safe_get` takes one timeout for all redirect hops; a fixed number would give every hop
+    the whole budget again. Connecting keeps its own, shorter limit.
+    """
+
+    def __init__(self, budget: DownloadBudget) -> None:
+        super().__init__(connect=budget.connect_timeout, read=budget.seconds)
+        self._budget = budget
+
+    def clone(self) -> Timeout:
+        # Never 0: a zero socket timeout means non-blocking, not "expired".
+        left = max(self._budget.remaining(), 0.001)
+        return Timeout(connect=min(self._budget.connect_timeout, left), read=left)
+
+
+def read_image(ref: ImageRef, settings: Settings, budget: DownloadBudget | None = None) -> Image.Image:
     """Fetch or decode `ref` and return the decoded (not yet mode-converted) Pillow image."""
-    data = fetch_url(ref, settings) if ref.kind == "url" else decode_base64(ref, settings.max_input_bytes)
+    if ref.kind == "url":
+        data = fetch_url(ref, settings, budget)
+    else:
+        data = decode_base64(ref, settings.max_input_bytes)
     return decode_image(data, ref.field, settings.max_input_pixels)
 
 
-def fetch_url(ref: ImageRef, settings: Settings) -> bytes:
-    """Download `ref.value` with timeouts, a byte cap and few redirects; errors name the field.
+def read_images(refs: Sequence[ImageRef], settings: Settings) -> list[Image.Image]:
+    """Read several pictures at once: URLs concurrently, all under one `DownloadBudget`.
+
+    The first failure (in the order of `refs`, among those that have failed by then) ends
+    the wait and calls the other downloads off, so a job never waits for a picture it can
+    no longer use. Threads that are still connecting when the job gives up end by the
+    deadline on their own (their timeouts come from it).
+    """
+    budget = DownloadBudget(settings.download_timeout, settings.download_connect_timeout)
+    if sum(ref.kind == "url" for ref in refs) < 2:
+        return [read_image(ref, settings, budget) for ref in refs]
+    pool = ThreadPoolExecutor(max_workers=len(refs), thread_name_prefix="fetch")
+    futures = []
+    try:
+        futures += [pool.submit(read_image, ref, settings, budget) for ref in refs]
+        # The fetches end by the deadline themselves; the margin only covers a stuck name
+        # lookup (getaddrinfo cannot be interrupted) or a decode finishing just after it.
+        wait(futures, timeout=budget.remaining() + _DEADLINE_MARGIN, return_when=FIRST_EXCEPTION)
+        if budget.remaining() <= 0:
+            # At the deadline they all stop together: name the first field, not the quickest thread.
+            wait(futures, timeout=_DEADLINE_MARGIN)
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+        for ref, future in zip(refs, futures, strict=True):
+            if not future.done():
+                raise InputError(_timed_out(ref.field, url_host(ref.value) or "no host", budget.seconds))
+        return [future.result() for future in futures]
+    finally:
+        budget.cancel()
+        # Join the threads when they are done (so none outlives the job), never wait for one
+        # that is still connecting: it ends by the deadline on its own.
+        pool.shutdown(wait=all(future.done() for future in futures), cancel_futures=True)
+
+
+def fetch_url(ref: ImageRef, settings: Settings, budget: DownloadBudget | None = None) -> bytes:
+    """Download `ref.value` within `budget` (a fresh one when alone), capped, few redirects.
 
     The read timeout only bounds the wait for each piece of data, so a server that drips a
     byte every few seconds would hold the worker until RunPod's job timeout: a watchdog cuts
-    the whole download off at the connect plus download timeouts.
+    the body off at the budget's deadline. Errors name the field, never the URL's path.
     """
     field = ref.field
     problem = url_problem(ref.value)
     if problem:
         raise InputError(f"{field}: not a valid URL ({problem})")
     host = url_host(ref.value) or "no host"
-    timeout = settings.download_timeout
-    deadline = time.monotonic() + settings.download_connect_timeout + timeout
+    if budget is None:
+        budget = DownloadBudget(settings.download_timeout, settings.download_connect_timeout)
     try:
         response = safe_get(
             ref.value,
-            timeout=(settings.download_connect_timeout, timeout),
+            timeout=budget.timeout(),
             max_bytes=settings.max_input_bytes,
             max_redirects=settings.download_max_redirects,
         )
         with response:
             if response.status_code != 200:
                 raise InputError(f"{field}: the URL on {host} answered HTTP {response.status_code}")
-            return _read_body(response, deadline, settings.max_input_bytes)
+            return _read_body(response, budget, settings.max_input_bytes)
     except SSRFError as error:
         raise InputError(f"{field}: {_ssrf_reason(str(error), host, settings)}") from None
     except requests.Timeout:
-        raise InputError(f"{field}: the download from {host} timed out (limit {timeout:g} s)") from None
+        raise InputError(_timed_out(field, host, budget.seconds)) from None
+    except _Cancelled:
+        raise InputError(f"{field}: the download from {host} was stopped (another picture failed)") from None
+    except requests.exceptions.ChunkedEncodingError:
+        # urllib3 checks the body against its Content-Length: the host hung up part-way.
+        raise InputError(
+            f"{field}: the host {host} closed the connection before the whole file arrived"
+        ) from None
     except requests.ConnectionError:
         raise InputError(f"{field}: could not connect to {host}") from None
     except requests.RequestException as error:
@@ -97,36 +207,50 @@ def fetch_url(ref: ImageRef, settings: Settings) -> bytes:
         raise InputError(f"{field}: not a valid URL (a redirect from {host} cannot be parsed)") from None
 
 
-def _read_body(response: requests.Response, deadline: float, max_bytes: int) -> bytes:
-    """Read the capped body, giving up at `deadline` even while a read is blocked.
+def _timed_out(field: str, host: str, seconds: float) -> str:
+    return f"{field}: the download from {host} timed out (limit {seconds:g} s for the job's downloads)"
+
+
+class _Cancelled(Exception):
+    """The job called its downloads off while this one was reading."""
+
+
+def _read_body(response: requests.Response, budget: DownloadBudget, max_bytes: int) -> bytes:
+    """Read the capped body, giving up at the deadline (or on cancel) even while a read is blocked.
 
     Raises `requests.Timeout` when the deadline passes (whatever the aborted read raised) or a
-    read timed out.
+    read timed out, `_Cancelled` when the job called its downloads off.
     """
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
+    if budget.remaining() <= 0:
         raise requests.Timeout()
-    fired = threading.Event()
+    finished, fired = threading.Event(), threading.Event()
 
-    def abort() -> None:
-        fired.set()
-        _abort_response(response)
+    with budget.watch() as called_off:
 
-    watchdog = threading.Timer(remaining, abort)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        return b"".join(iter_content_capped(response, _CHUNK, max_bytes))
-    except Exception as error:
-        # requests reports a read timeout inside the body as a ConnectionError.
-        read_timeout = isinstance(error, requests.ConnectionError) and any(
-            isinstance(arg, ReadTimeoutError) for arg in error.args
-        )
-        if fired.is_set() or read_timeout:
-            raise requests.Timeout() from None
-        raise
-    finally:
-        watchdog.cancel()
+        def watchdog() -> None:
+            called_off.wait(budget.remaining())
+            if not finished.is_set():
+                fired.set()
+                _abort_response(response)
+
+        guard = threading.Thread(target=watchdog, name="fetch-watchdog", daemon=True)
+        guard.start()
+        try:
+            return b"".join(iter_content_capped(response, _CHUNK, max_bytes))
+        except Exception as error:
+            # requests reports a read timeout inside the body as a ConnectionError.
+            read_timeout = isinstance(error, requests.ConnectionError) and any(
+                isinstance(arg, ReadTimeoutError) for arg in error.args
+            )
+            if fired.is_set() and budget.remaining() > 0:
+                raise _Cancelled() from None
+            if fired.is_set() or read_timeout:
+                raise requests.Timeout() from None
+            raise
+        finally:
+            finished.set()
+            called_off.set()  # wakes the watchdog, which then sees `finished` and leaves
+            guard.join()
 
 
 def _abort_response(response: requests.Response) -> None:
@@ -277,13 +401,6 @@ def fit_to_frame(
     padded = Image.new(image.mode, frame, fill)
     padded.paste(image, (left, top))
     return padded, PadBox(frame, (left, top, left + fitted[0], top + fitted[1]))
-
-
-def encode_image(image: Image.Image, output_format: str) -> bytes:
-    """Encode an output picture as png, jpeg or webp."""
-    buffer = io.BytesIO()
-    image.save(buffer, **_ENCODE_OPTIONS[output_format])
-    return buffer.getvalue()
 
 
 def _megabytes(size: int) -> str:

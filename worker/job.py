@@ -23,10 +23,17 @@ from PIL import Image
 from preprocess import PreprocessError, PreprocessResult
 from preprocess.images import load_mask, load_rgb
 from preprocess.preprocessor import check_request
-from storage import store_images
+from storage import OutputFile, store_outputs
 from worker.config import MB, Settings
 from worker.encoding import encode_images
-from worker.errors import GpuFailureJobError, InputError, JobError, OutOfMemoryJobError, ResultTooLargeError
+from worker.errors import (
+    GpuFailureJobError,
+    InputError,
+    JobError,
+    OutOfMemoryJobError,
+    ResultTooLargeError,
+    bounded,
+)
 from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
 from worker.house_masks import house_mask_key, photo_digest
 from worker.images import (
@@ -36,7 +43,7 @@ from worker.images import (
     check_aspect,
     decode_image,
     fit_to_frame,
-    read_image,
+    read_images,
 )
 from worker.runtime import Runtime, house_model_photos
 from worker.schema import CATEGORIES, FIELDS, PIPELINE_CATEGORY, RESOLUTIONS, TryOnRequest, parse_request
@@ -132,20 +139,25 @@ def _load_pictures(
     request: TryOnRequest, photos: list, settings: Settings
 ) -> tuple[Image.Image, Image.Image, Image.Image | None, str | None]:
     """Fetch and decode the person (or house photo), the garment and the caller's mask; the
-    last item is the house photo's content hash (None for the caller's own photo)."""
+    last item is the house photo's content hash (None for the caller's own photo).
+
+    The URLs among them are fetched at once, under one deadline for all (DOWNLOAD_TIMEOUT).
+    """
+    refs = [ref for ref in (request.person, request.garment, request.mask) if ref is not None]
+    pictures = dict(zip((ref.field for ref in refs), read_images(refs, settings), strict=True))
     house_digest = None
     if request.person is not None:
-        person = _converted(read_image(request.person, settings), "person", load_rgb)
+        person = _converted(pictures["person"], "person", load_rgb)
     else:
         data = photos[request.person_index].read_bytes()
         house_digest = photo_digest(data)
         person = _house_photo(data, settings)
     if request.fit == "pad":
         check_aspect(person.size, "person" if request.person is not None else "person_index", MAX_PAD_RATIO)
-    garment = _converted(read_image(request.garment, settings), "garment", load_rgb)
+    garment = _converted(pictures["garment"], "garment", load_rgb)
     user_mask = None
     if request.mask is not None:
-        user_mask = _converted(read_image(request.mask, settings), "mask", load_mask)
+        user_mask = _converted(pictures["mask"], "mask", load_mask)
     if user_mask is not None and user_mask.size != person.size:
         # A mask is drawn over the person photo: bring it to the photo's frame before any padding.
         user_mask = user_mask.resize(person.size, Image.Resampling.NEAREST)
@@ -288,23 +300,16 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
 def _store(
     job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config: object
 ) -> tuple[list[dict], dict | None, list[str]]:
-    """Upload (or inline) the images and the mask; returns their entries and any warnings."""
-    stored = store_images(
-        job_id,
-        encoded,
-        extension=EXTENSIONS[request.output_format],
-        content_type=CONTENT_TYPES[request.output_format],
-        s3_config=s3_config,
-    )
-    warnings = list(stored.warnings)
-    mask_entry = None
+    """Upload (or inline) the images and the mask, one decision for all; entries and warnings."""
+    extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
+    files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(encoded)]
     if encoded_mask is not None:
-        stored_mask = store_images(
-            f"{job_id}/mask", [encoded_mask], extension="png", content_type="image/png", s3_config=s3_config
-        )
-        mask_entry = stored_mask.images[0].to_dict()
-        warnings += [message for message in stored_mask.warnings if message not in warnings]
-    return [image.to_dict() for image in stored.images], mask_entry, warnings
+        files.append(OutputFile(encoded_mask, "image/png", "png", 0, group="mask"))
+    stored = store_outputs(job_id, files, s3_config=s3_config)
+    entries = [image.to_dict() for image in stored.images]
+    mask_entry = entries.pop() if encoded_mask is not None else None
+    # Bounded like errors: a warning can carry an error code sent by the job's own S3 endpoint.
+    return entries, mask_entry, [bounded(message) for message in stored.warnings]
 
 
 def _diffuse(

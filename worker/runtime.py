@@ -18,6 +18,7 @@ from typing import Any
 from ootd.garment_cache import GarmentCache
 from worker.config import MB, Settings
 from worker.house_masks import HouseMaskCache
+from worker.threads import container_cpus
 from worker.weights import WeightsMissingError, locate_weights
 
 __all__ = ["Runtime", "WeightsMissingError", "get_runtime", "house_model_photos", "load_runtime"]
@@ -69,7 +70,7 @@ def load_runtime(settings: Settings) -> Runtime:
 
         for pipeline in pipelines.values():
             compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
-    preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder)
+    preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
     return Runtime(

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ootd.layout import MODEL_TYPES
-from worker.errors import InputError
+from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, describe, join_capped, quote
 
 CATEGORIES = ("upper_body", "lower_body", "dress")
 # What the pipeline calls each category (the published DressCode name for dresses).
@@ -62,8 +62,12 @@ ALIASES = {
     "imageScale": "guidance_scale",
 }
 
+# Characters of problems an "invalid input:" sentence lists, leaving room for "and N more".
+_PROBLEMS_BUDGET = MAX_MESSAGE - 60
 _IMAGE_FORMS = "an http(s) URL, base64 or a data URI"
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# The longest host name DNS can carry (RFC 1035: 255 bytes on the wire, 253 as text).
+MAX_HOST_NAME = 253
 # An IDNA-encoded host name: letters, digits, hyphens (and the underscores some hosts use), dots.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
@@ -128,7 +132,7 @@ def parse_request(
     """
     if not isinstance(raw, Mapping):
         raise InputError(
-            f"input must be a JSON object with the job's fields, not {_json_type(raw)}; "
+            f"input must be a JSON object with the job's fields, not {describe(raw)}; "
             f"valid fields are {_field_list()}"
         )
     errors: list[str] = []
@@ -172,7 +176,7 @@ def parse_request(
     out["return_mask"] = _boolean(fields, "return_mask", errors)
 
     if errors:
-        raise InputError("invalid input: " + "; ".join(errors))
+        raise InputError("invalid input: " + join_capped(errors, "; ", "problems", budget=_PROBLEMS_BUDGET))
     return TryOnRequest(**{key: value for key, value in out.items() if value is not None})
 
 
@@ -186,10 +190,13 @@ class _Fields:
     def __init__(self, raw: Mapping, errors: list[str]) -> None:
         self.values: dict[str, Any] = {}
         self.names: dict[str, str] = {}
-        unknown = [str(key) for key in raw if key not in FIELDS and key not in ALIASES]
+        unknown = [key for key in raw if key not in FIELDS and key not in ALIASES]
         if unknown:
+            # Only the few names shown are quoted: a request may hold a million unknown ones.
+            shown = [quote(key) for key in unknown[:MAX_LISTED]]
+            names = join_capped(shown, budget=MAX_MESSAGE // 4, total=len(unknown))
             errors.append(
-                f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                f"unknown field{'s' if len(unknown) > 1 else ''} {names} "
                 f"(valid fields are {_field_list()})"
             )
         for key, value in raw.items():
@@ -197,7 +204,7 @@ class _Fields:
             if field not in FIELDS:
                 continue
             if field in self.names:
-                errors.append(f"{self.names[field]} and {key} are the same field; give only one")
+                errors.append(f"{self.names[field]} and {key} are the same field (give only one)")
                 continue
             self.values[field], self.names[field] = value, key
 
@@ -213,25 +220,11 @@ def _field_list() -> str:
     return f"{', '.join(FIELDS)}, and the seed API's aliases {aliases}"
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return f"a {type(value).__name__}"
-
-
 def _image_ref(fields: _Fields, field: str, errors: list[str]) -> ImageRef | None:
     """Classify an image field as URL, data URI or plain base64 (decoded later, before models)."""
     value = fields.get(field)
     if not isinstance(value, str):
-        errors.append(f"{field} must be a string ({_IMAGE_FORMS}), not {_json_type(value)}")
+        errors.append(f"{field} must be a string ({_IMAGE_FORMS}), not {quote(value)}")
         return None
     text = value.strip()
     if not text:
@@ -242,7 +235,7 @@ def _image_ref(fields: _Fields, field: str, errors: list[str]) -> ImageRef | Non
         return ImageRef(field, "data_uri", text)
     if scheme and text[scheme.end() : scheme.end() + 2] == "//":
         if scheme.group(1).lower() not in ("http", "https"):
-            errors.append(f"{field}: {scheme.group(1)}:// URLs are not allowed (use {_IMAGE_FORMS})")
+            errors.append(f"{field}: {clip(scheme.group(1))}:// URLs are not allowed (use {_IMAGE_FORMS})")
             return None
         problem = url_problem(text)
         if problem:
@@ -253,11 +246,13 @@ def _image_ref(fields: _Fields, field: str, errors: list[str]) -> ImageRef | Non
 
 
 def url_host(url: str) -> str | None:
-    """The URL's host name, or None when it has none or the URL cannot be parsed."""
+    """The URL's host name as messages and logs show it (escaped, long names shortened), or
+    None when it has none or the URL cannot be parsed."""
     try:
-        return urlsplit(url).hostname or None
+        host = urlsplit(url).hostname
     except ValueError:
         return None
+    return clip(host) if host else None
 
 
 def url_problem(url: str) -> str | None:
@@ -278,6 +273,8 @@ def url_problem(url: str) -> str | None:
         return "the port is not a number from 0 to 65535"
     if not host:
         return "it has no host"
+    if "%" in host:  # an IPv6 zone index names an interface of this machine: never a public address
+        return "the host has an IPv6 zone index"
     if _is_ip_address(host):
         return None
     try:
@@ -286,6 +283,8 @@ def url_problem(url: str) -> str | None:
         return "the host name is not a valid domain name"
     if not _HOST_NAME.fullmatch(encoded):
         return "the host name is not a valid domain name"
+    if len(encoded.rstrip(".")) > MAX_HOST_NAME:
+        return f"the host name is longer than {MAX_HOST_NAME} characters"
     return None
 
 
@@ -309,7 +308,7 @@ def _person_index(fields: _Fields, person_count: int | None, errors: list[str]) 
     high = None if person_count is None else person_count - 1 + base
     if index is None or index < base or (high is not None and index > high):
         bound = f"from {base} to {high}" if high is not None else f">= {base}"
-        errors.append(f"{name} must be an integer {bound}, not {value!r}")
+        errors.append(f"{name} must be an integer {bound}, not {describe(value)}")
         return None
     return index - base
 
@@ -324,7 +323,7 @@ def _choice(fields: _Fields, field: str, options: tuple[str, ...], errors: list[
             key = "jpeg"
         if key in options:
             return key
-    errors.append(f"{fields.name(field)} must be one of {', '.join(options)}, not {value!r}")
+    errors.append(f"{fields.name(field)} must be one of {', '.join(options)}, not {quote(value)}")
     return None
 
 
@@ -337,7 +336,7 @@ def _category(fields: _Fields, errors: list[str]) -> str | None:
     index = _as_int(value)
     if index is not None and 0 <= index < len(CATEGORIES):
         return CATEGORIES[index]
-    errors.append(f"category must be one of {', '.join(CATEGORIES)} (or 0, 1, 2), not {value!r}")
+    errors.append(f"category must be one of {', '.join(CATEGORIES)} (or 0, 1, 2), not {quote(value)}")
     return None
 
 
@@ -358,7 +357,7 @@ def _integer(fields: _Fields, field: str, low: int, high: int, errors: list[str]
         return FIELDS[field]
     number = _as_int(value)
     if number is None or not low <= number <= high:
-        errors.append(f"{fields.name(field)} must be an integer from {low} to {high}, not {value!r}")
+        errors.append(f"{fields.name(field)} must be an integer from {low} to {high}, not {describe(value)}")
         return None
     return number
 
@@ -368,7 +367,7 @@ def _number(fields: _Fields, field: str, low: float, high: float, errors: list[s
     if value is None:
         return FIELDS[field]
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        errors.append(f"{fields.name(field)} must be a number from {low} to {high}, not {value!r}")
+        errors.append(f"{fields.name(field)} must be a number from {low} to {high}, not {describe(value)}")
         return None
     return float(value)
 
@@ -378,7 +377,7 @@ def _boolean(fields: _Fields, field: str, errors: list[str]) -> bool | None:
     if value is None:
         return FIELDS[field]
     if not isinstance(value, bool):
-        errors.append(f"{field} must be true or false, not {value!r}")
+        errors.append(f"{field} must be true or false, not {describe(value)}")
         return None
     return value
 
@@ -390,6 +389,8 @@ def _seed(fields: _Fields, errors: list[str]) -> int | None:
         return secrets.randbelow(RANDOM_SEED_BOUND)
     seed = _as_int(value)
     if seed is None or not 0 <= seed <= MAX_SEED:
-        errors.append(f"seed must be an integer from 0 to {MAX_SEED} (or -1 for a random one), not {value!r}")
+        errors.append(
+            f"seed must be an integer from 0 to {MAX_SEED} (or -1 for a random one), not {describe(value)}"
+        )
         return None
     return seed

@@ -1,4 +1,4 @@
-"""The worker's start-up: device policy -> load -> log what runs where -> warm-up.
+"""The worker's start-up: thread pools -> device policy -> load -> log what runs where -> warm-up.
 
 Every entry point that serves jobs (`handler.py`, `python -m worker.local`, the local endpoint
 in `worker/serve.py`) calls `start` before its first job, so they all refuse the same things
@@ -30,6 +30,7 @@ from worker.config import Settings
 from worker.gpu_errors import classify_gpu_failure, failure_detail
 from worker.job import precompute_house_masks
 from worker.runtime import Runtime, WeightsMissingError, get_runtime
+from worker.threads import size_thread_pools
 from worker.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def start(settings: Settings) -> Runtime:
 
     Raises `StartupError` with a one-line reason; a GPU failure during the warm-up is one too.
     """
+    size_thread_pools()
     device, _ = resolve_device_dtype(None, None)
     if device.type != "cuda":
         if not settings.allow_cpu:

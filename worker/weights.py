@@ -83,6 +83,7 @@ class WeightSources:
         return [f"{found.part} from {found.source}: {found.folder}" for found in self.parts()]
 
     def parts(self) -> tuple[Found, Found, Found]:
+        """The three parts in loading order."""
         return (self.diffusion, self.clip, self.preprocessing)
 
 

@@ -1,0 +1,190 @@
+"""The published networks at their full sizes with random weights, in the published file layout.
+
+The GPU benchmark must measure the worker's real work without downloading 15 GB, so it builds
+every network from the published architecture: the SD-1.5 UNet (garment UNet with 4 input
+channels, try-on UNet with 8; cross-attention width 768), the SD VAE, CLIP ViT-L/14 (both towers,
+as the hub file holds them) and SD-1.5's text encoder, the OpenPose body network and the two
+SCHP-shaped parsing graphs. Random weights cost the same arithmetic as the real ones. The files
+are written by the same savers as the tiny tree (`ootd.tiny`), so the production loaders read
+them exactly as they read the published tree.
+
+The tokenizer is the tiny one of `ootd.tiny`: its ids lie inside CLIP's 49408-token vocabulary,
+and the prompts are 2-3 tokens long whatever the vocabulary, so the text encoder does the same work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
+
+from ootd.tiny import BOS, EOS, build_tokenizer_files, save_clip, save_text_encoder, save_unet, save_vae
+from preprocess.labels import ATR_NUM_CLASSES, LIP_NUM_CLASSES
+from preprocess.layout import BODY_POSE, PARSING_ATR, PARSING_LIP
+
+UNET_IN_CHANNELS: dict[str, int] = {"unet_garm": 4, "unet_vton": 8}
+"""The garment UNet sees the garment latent; the try-on UNet the noisy latent + the masked person."""
+
+# stable-diffusion-v1-5 unet/config.json (OOTDiffusion's UNets keep it, only in_channels differ).
+SD15_UNET: dict = {
+    "sample_size": 64,
+    "out_channels": 4,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 768,
+    "norm_num_groups": 32,
+}
+
+# stable-diffusion-v1-5 vae/config.json
+SD15_VAE: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+# openai/clip-vit-large-patch14: its text tower is also SD-1.5's text encoder.
+CLIP_L14_TEXT: dict = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+CLIP_L14_VISION: dict = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+
+PARSING_GRAPHS: tuple[tuple[str, int, int], ...] = (
+    (PARSING_ATR, ATR_NUM_CLASSES, 512),
+    (PARSING_LIP, LIP_NUM_CLASSES, 473),
+)
+"""(file, classes, square input side) of the two published SCHP exports."""
+
+
+def text_config() -> CLIPTextConfig:
+    """SD-1.5's text encoder, with the special-token ids of the tiny tokenizer it is fed by."""
+    vocab, _ = build_tokenizer_files()
+    ids = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
+    return CLIPTextConfig(**CLIP_L14_TEXT, **ids)
+
+
+def clip_config() -> CLIPConfig:
+    """The whole CLIP ViT-L/14 (the hub file holds both towers; the loader keeps the vision one)."""
+    return CLIPConfig(
+        text_config=text_config().to_dict(), vision_config=CLIP_L14_VISION, projection_dim=768
+    )
+
+
+def unet(which: str) -> UNet2DConditionModel:
+    """One full-size UNet with diffusers' default (random) initialisation, on torch's current device."""
+    return UNet2DConditionModel(in_channels=UNET_IN_CHANNELS[which], **SD15_UNET)
+
+
+def unet_like(folder: Path) -> UNet2DConditionModel:
+    """A random UNet with the architecture of the one saved in `folder` (any size)."""
+    return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
+
+
+def write_full_ootd(root: Path, model_type: str, device: torch.device | str = "cpu") -> None:
+    """Overwrite the VAE, text encoder, CLIP and `model_type`'s two UNets under `root` (a tree
+    written by `ootd.tiny`, which supplies the tokenizer, scheduler and configs) with full-size,
+    randomly initialised networks in the hub's formats. One network at a time is in memory; each
+    is built on `device` (initialising 0.9 G parameters takes a fraction of a second on a GPU,
+    tens of seconds on two CPU cores) and saved from the CPU."""
+    root = Path(root)
+    for which in UNET_IN_CHANNELS:
+        with torch.device(device):
+            model = unet(which)
+        save_unet(model.to("cpu"), root, model_type, which)
+        del model
+    with torch.device(device):
+        vae = AutoencoderKL(**SD15_VAE)
+    save_vae(vae.to("cpu"), root)
+    del vae
+    with torch.device(device):
+        text_encoder = CLIPTextModel(text_config())
+    save_text_encoder(text_encoder.to("cpu"), root)
+    del text_encoder
+    with torch.device(device):
+        clip = CLIPModel(clip_config())
+    save_clip(clip.to("cpu"), root)
+    del clip
+
+
+def write_full_preprocess(root: Path) -> None:
+    """The OpenPose body network (random, published widths) and both parsing graphs (random,
+    SCHP-shaped, exported to ONNX) at their published paths under `root`."""
+    from bench.bench_preprocess_parsing import export
+    from preprocess.tiny_pose import published_weight_shapes, random_body_pose_state_dict
+
+    root = Path(root)
+    pose = root / BODY_POSE
+    pose.parent.mkdir(parents=True, exist_ok=True)
+    state = random_body_pose_state_dict(published_weight_shapes(), seed=0)
+    torch.save({key: value.contiguous() for key, value in state.items()}, pose)
+    for seed, (name, classes, side) in enumerate(PARSING_GRAPHS):
+        export(root / name, classes, side, seed=seed)
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(tensor.numel() for tensor in module.state_dict().values())
+
+
+def parameter_counts() -> dict[str, int]:
+    """Stored values per published file group, counted on the `meta` device (no memory, no time).
+
+    Keys: unet_garm, unet_vton, vae, text_encoder, clip (both towers, as on the hub), pose,
+    parsing (both graphs).
+    """
+    from bench.bench_preprocess_parsing import SchpLike
+    from preprocess.pose import BodyPoseNet
+    from preprocess.tiny_pose import published_weight_shapes
+
+    with torch.device("meta"):
+        counts = {which: _numel(unet(which)) for which in UNET_IN_CHANNELS}
+        counts["vae"] = _numel(AutoencoderKL(**SD15_VAE))
+        counts["text_encoder"] = _numel(CLIPTextModel(text_config()))
+        counts["clip"] = _numel(CLIPModel(clip_config()))
+        shapes = {name: torch.Size(shape) for name, shape in published_weight_shapes().items()}
+        counts["pose"] = _numel(BodyPoseNet(shapes))
+        # ONNX folds batch norm into the convolutions: count the parameters, not the BN statistics.
+        counts["parsing"] = sum(
+            sum(p.numel() for p in SchpLike(classes).parameters()) for _, classes, _ in PARSING_GRAPHS
+        )
+    return counts
+
+
+FP16_GROUPS: tuple[str, ...] = ("unet_garm", "unet_vton", "vae")
+"""What `builder.to_fp16` casts to fp16 (the text encoder only changes format; CLIP and the
+preprocessing networks stay as published); a test holds the two together."""
+
+
+def weight_bytes(counts: dict[str, int], model_types: tuple[str, ...]) -> dict[str, int]:
+    """Bytes of the weights the worker reads for `model_types`, all fp32 vs after the fp16 step."""
+    groups = {"vae": 1, "text_encoder": 1, "clip": 1, "pose": 1, "parsing": 1}
+    groups["unet_garm"] = groups["unet_vton"] = len(model_types)
+    fp32 = sum(4 * counts[name] * n for name, n in groups.items())
+    fp16 = sum((2 if name in FP16_GROUPS else 4) * counts[name] * n for name, n in groups.items())
+    return {"fp32": fp32, "fp16": fp16}
