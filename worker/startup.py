@@ -1,4 +1,4 @@
-"""The worker's start-up: thread pools -> device policy -> load -> log what runs where -> warm-up.
+"""The worker's start-up: device policy -> thread pools -> load -> log what runs where -> warm-up.
 
 Every entry point that serves jobs (`handler.py`, `python -m worker.local`, the local endpoint
 in `worker/serve.py`) calls `start` before its first job, so they all refuse the same things
@@ -47,7 +47,6 @@ def start(settings: Settings) -> Runtime:
 
     Raises `StartupError` with a one-line reason; a GPU failure during the warm-up is one too.
     """
-    size_thread_pools()
     device, _ = resolve_device_dtype(None, None)
     if device.type != "cuda":
         if not settings.allow_cpu:
@@ -56,6 +55,7 @@ def start(settings: Settings) -> Runtime:
                 "would time out; set ALLOW_CPU=true to run on the CPU anyway (local runs and tests)"
             )
         log.warning("no CUDA GPU: running on the CPU because ALLOW_CPU=true")
+    size_thread_pools()
     try:
         runtime = get_runtime(settings)
     except WeightsMissingError as error:
