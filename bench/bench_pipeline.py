@@ -9,6 +9,12 @@ shared machine the wall clock grows with other load while the CPU time tracks th
 
     .venv/bin/python -m bench.bench_pipeline [--sizes 192x256,768x1024] [--steps 3] [--samples 1]
         [--scale 2.0] [--model-type hd] [--checkpoints DIR] [--device cpu] [--dtype float16]
+        [--compile] [--compile-decoder]
+
+`--compile` then compiles the try-on UNet (`ootd.compile`, what `OOTD_COMPILE` does) and runs
+every size twice more: the first compiled call includes the compile time (reported as the
+difference to the eager call), the second gives the compiled step time. Turn it on for the GPU
+run; on a CPU, inductor takes minutes even for the tiny UNet.
 """
 
 from __future__ import annotations
@@ -77,6 +83,35 @@ def time_call(pipe: OOTDiffusionPipeline, width: int, height: int, args: argpars
     }
 
 
+def compare_compiled(pipe: OOTDiffusionPipeline, eager: list[dict], args: argparse.Namespace) -> list[dict]:
+    """Compile, then per size: the compile time (first compiled call minus the eager call) and
+    the compiled step time vs the eager one."""
+    from ootd.compile import compile_pipeline
+
+    compile_pipeline(pipe, decoder=args.compile_decoder)
+    rows = []
+    for row in eager:
+        width, height = (int(v) for v in row["size"].split("x"))
+        first = time_call(pipe, width, height, args)
+        steady = time_call(pipe, width, height, args)
+        compiled = {
+            **steady,
+            "size": f"{row['size']} compiled",
+            "compile_s": first["total_s"] - row["total_s"],
+            "eager_over_compiled_step": row["step_s"] / steady["step_s"] if steady["step_s"] else None,
+            "decode_eager_over_compiled": row["decode_s"] / steady["decode_s"],
+        }
+        print(
+            f"{compiled['size']}: compile {compiled['compile_s']:.1f} s, "
+            f"{steady['step_s'] or 0:.3f} s/step, eager/compiled step "
+            f"{compiled['eager_over_compiled_step'] or 0:.2f}x, "
+            f"decode {compiled['decode_eager_over_compiled']:.2f}x",
+            flush=True,
+        )
+        rows.append(compiled)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="192x256,768x1024", help="comma-separated WxH")
@@ -88,6 +123,8 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None)
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--compile", action="store_true", help="also time the compiled try-on UNet")
+    parser.add_argument("--compile-decoder", action="store_true", help="with --compile: the VAE decoder too")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,6 +150,8 @@ def main() -> None:
                 f"{row['first_step_with_preparation_s']:.2f} s, {step}, decode {row['decode_s']:.2f} s",
                 flush=True,
             )
+        if args.compile:
+            results += compare_compiled(pipe, results, args)
     report = {
         "device": str(pipe.device),
         "dtype": str(pipe.unet_vton.dtype),

@@ -12,7 +12,10 @@ times are real. Then, in this order, with the elapsed time of each part printed 
 5. the other model type's UNets built in memory: both types resident, as in production;
 6. requests (hd): the first in a fresh process, the second, then guidance 2.0/1.0 x 1/4
    samples with time per stage and peak GPU memory; out of memory is recorded, not fatal;
-7. warm-up: a fresh child process loads, runs `worker.warmup.warm_up`, then its first request
+7. compile (`--compile`, on by default on CUDA): `ootd.compile.compile_pipeline` (what
+   `OOTD_COMPILE` does), then two requests: the compile time (first compiled request minus the
+   eager second request) and the compiled vs eager mean step (skipped when the run is late);
+8. warm-up: a fresh child process loads, runs `worker.warmup.warm_up`, then its first request
    (skipped while it is not merged, or when the run is short of time).
 
 It prints one markdown report (a table per section) and writes it to `bench/results/` (and to
@@ -58,6 +61,8 @@ MATRIX_LATE_S = 180.0
 SOFT_LIMIT_S = 300.0
 """The warm-up child (the last part) is skipped once this much time has gone: the whole run must
 stay under 6 minutes on an H100 (the device tool's one call is 10 minutes, machine start aside)."""
+COMPILE_LATE_S = 150.0
+"""The compile part (one to two minutes for a full-size UNet on an H100) is skipped past this."""
 CHILD_DEADLINE_S = 420.0
 """The warm-up child is killed (and reported as failed) at this point of the run."""
 
@@ -669,6 +674,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", default=",".join(str(s) for s in SAMPLES), help="samples per request")
     parser.add_argument("--model-types", default="hd,dc",
                         help="hd (timed, from files) then dc (built in memory); 'hd' alone saves memory")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the compiled try-on UNet (default: on with CUDA, off on a CPU)")
     parser.add_argument("--child-root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     defaults = SIZES[args.size]
@@ -683,6 +690,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.model_type_list = tuple(args.model_types.split(","))
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.compile is None:
+        args.compile = torch.device(args.device).type == "cuda"
     return args
 
 
@@ -744,8 +753,8 @@ def load_phase(
 
 def request_phase(
     args: argparse.Namespace, pipe: Any, preprocessor: Any, device: torch.device, parts: Parts, report: dict
-) -> Timing:
-    """The first and second request, then the guidance x samples matrix. Returns the first."""
+) -> tuple[Timing, Timing]:
+    """The first and second request, then the guidance x samples matrix. Returns the first two."""
     request = Request(args.height, args.width, args.steps, SCALES[0], 1)
     with parts.part("first and second request"):
         first = run_request(pipe, preprocessor, request, device)
@@ -765,7 +774,32 @@ def request_phase(
                 report["configs"].append(row)
                 outcome = "OOM" if row.get("oom") else f"{row['total']:.3f} s"
                 log(f"guidance {scale:g} x {samples} samples: {outcome}")
-    return first
+    return first, second
+
+
+def compile_phase(
+    args: argparse.Namespace, pipe: Any, preprocessor: Any, device: torch.device, parts: Parts,
+    eager: Timing, first: dict,
+) -> None:  # fmt: skip
+    """Compile the try-on UNet in place, then time two requests against the eager `eager` one."""
+    if not args.compile:
+        return
+    if parts.elapsed() > COMPILE_LATE_S:
+        first["compile"] = (None, f"skipped: the run was past {COMPILE_LATE_S:.0f} s")
+        return
+    from ootd.compile import compile_pipeline
+
+    request = Request(args.height, args.width, args.steps, SCALES[0], 1)
+    with parts.part("compile (try-on UNet)"):
+        compile_pipeline(pipe)
+        compiling = run_request(pipe, preprocessor, request, device)
+        compiled = run_request(pipe, preprocessor, request, device)
+    eager_step, compiled_step = eager.stages["step"], compiled.stages["step"]
+    ratio = f"eager {eager_step:.3f} s: {eager_step / compiled_step:.2f}x"
+    first["compile: first compiled request (compile included)"] = (compiling.total, "")
+    first["compile: compile time (that minus the eager second request)"] = (compiling.total - eager.total, "")
+    first["compile: second compiled request"] = (compiled.total, "")
+    first["compile: mean step, compiled"] = (compiled_step, ratio)
 
 
 def warm_up_phase(args: argparse.Namespace, root: Path, parts: Parts, first: dict) -> None:
@@ -830,7 +864,10 @@ def main(argv: list[str] | None = None) -> str:
         setup["model types resident"] = ",".join(pipelines)
         report["resident"] = memory_snapshot(device)
         report["request"] = {"height": args.height, "width": args.width, "steps": args.steps}
-        first = request_phase(args, pipelines[args.model_type_list[0]], preprocessor, device, parts, report)
+        pipe = pipelines[args.model_type_list[0]]
+        first, second = request_phase(args, pipe, preprocessor, device, parts, report)
+        compile_phase(args, pipe, preprocessor, device, parts, second, report["first"])
+        del pipe
         setup["pose on random weights"] = first.pose_outcome
         del pipelines
         free_memory()

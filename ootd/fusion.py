@@ -227,6 +227,20 @@ class GarmentFusion:
         if missing:
             raise RuntimeError(f"garment UNet pass recorded no input for {missing}")
 
+    def recorded_features(self) -> dict[str, torch.Tensor]:
+        """The current garment's recorded block inputs (a new dict: `clear` does not empty it),
+        for a caller that keeps them to skip the garment pass next time."""
+        return dict(self.store.features)
+
+    def use_features(self, features: dict[str, torch.Tensor]) -> None:
+        """Condition on block inputs recorded by an earlier `encode_garment` instead of
+        running the garment UNet again (same tensors, so the same result)."""
+        missing = [name for name in self.block_names if name not in features]
+        if missing:
+            raise ValueError(f"the garment features lack the blocks {missing}")
+        self.store.clear()
+        self.store.features.update(features)
+
     def clear(self) -> None:
         """Forget the current garment (call at the end of every request)."""
         self.store.clear()

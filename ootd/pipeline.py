@@ -15,7 +15,9 @@ What runs per request, in the published order (see the architecture reference, s
 
 Where this deliberately differs from the published code (same maths, less work): at guidance
 scale exactly 1 only the conditional half runs; the garment UNet runs on 2 rows instead of 2N;
-the garment-query rows of the fused self-attention are never computed.
+the garment-query rows of the fused self-attention are never computed; with a `garment_cache`,
+steps 2-4 for the garment (its CLIP embedding, latents and garment-UNet features) are computed
+once per garment, model type, category, size and guidance on/off and reused (`ootd.garment_cache`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CL
 
 from ootd import layout
 from ootd.fusion import GarmentFusion
+from ootd.garment_cache import GarmentCache, GarmentConditioning, garment_key
 
 CATEGORIES: tuple[str, ...] = ("upper_body", "lower_body", "dresses")
 # The words the published DC model was conditioned on; only the first BPE piece survives the
@@ -300,6 +303,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.vae_image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.fusion = GarmentFusion.attach(unet_garm, unet_vton)
+        # Not a registered component: a runtime memo (see `ootd.garment_cache`), None = off.
+        self.garment_cache: GarmentCache | None = None
 
     # ----------------------------------------------------------------------------------- loading
     @classmethod
@@ -469,8 +474,13 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             mask = mask.resize(size, PIL.Image.NEAREST)
         masked_person = masked_person_image(person, mask)
 
-        prompt_embeds = self.encode_prompt(garment, category).to(device, dtype)
-        garment_latents = self.encode_image(garment).to(dtype)
+        cache_key = garment_key(garment, self.model_type, category, guided)
+        cached = self.garment_cache.get(cache_key) if self.garment_cache is not None else None
+        if cached is not None:
+            prompt_embeds, garment_latents = cached.prompt_embeds, cached.garment_latents
+        else:
+            prompt_embeds = self.encode_prompt(garment, category).to(device, dtype)
+            garment_latents = self.encode_image(garment).to(dtype)
         person_latents = self.encode_image(masked_person).to(dtype)
         original_latents = self.encode_image(person).to(dtype)
         mask_latents = F.interpolate(mask_to_tensor(mask), size=person_latents.shape[-2:]).to(device, dtype)
@@ -504,7 +514,15 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         latents = noise.clone()
 
         try:
-            self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
+            if cached is not None:
+                self.fusion.use_features(cached.features)
+            else:
+                self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
+                if self.garment_cache is not None:
+                    conditioning = GarmentConditioning(
+                        prompt_embeds, garment_latents, self.fusion.recorded_features()
+                    )
+                    self.garment_cache.put(cache_key, conditioning)
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for index, timestep in enumerate(timesteps):
                     model_input = torch.cat([latents] * 2) if guided else latents
@@ -563,11 +581,14 @@ def load_pipelines(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     clip_dir: str | Path | None = None,
+    garment_cache: GarmentCache | None = None,
 ) -> dict[str, OOTDiffusionPipeline]:
     """One pipeline per model type, sharing one VAE, text encoder, tokenizer, CLIP image encoder
     and processor (loaded once); each gets its own scheduler (it keeps per-run state).
 
-    `clip_dir`: CLIP's own folder when it is not `root/clip-vit-large-patch14`."""
+    `clip_dir`: CLIP's own folder when it is not `root/clip-vit-large-patch14`.
+    `garment_cache`: one cache for all the pipelines (its key holds the model type), so that
+    its byte bound is the whole worker's; None runs without one."""
     root = Path(root)
     clip_dir = Path(clip_dir) if clip_dir is not None else root / layout.CLIP_DIR
     model_types = tuple(model_types)
@@ -590,4 +611,5 @@ def load_pipelines(
             scheduler=build_scheduler(shared.scheduler_config),
             model_type=model_type,
         )
+        pipelines[model_type].garment_cache = garment_cache
     return pipelines

@@ -61,7 +61,10 @@ TORCH_STAGES: dict[str, Stage] = {
 
 @pytest.fixture(scope="module")
 def settings(tiny_root: Path) -> Settings:
-    return Settings(checkpoints_dir=tiny_root, extra_resolutions=("256x192",))
+    # No caches: every job must run the stage whose failure it injects, whatever ran before.
+    return Settings(
+        checkpoints_dir=tiny_root, extra_resolutions=("256x192",), garment_cache_mb=0, house_mask_cache_mb=0
+    )
 
 
 @pytest.fixture(scope="module")

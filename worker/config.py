@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ootd.garment_cache import DEFAULT_GARMENT_CACHE_MB
 from ootd.layout import MODEL_TYPES
+from worker.house_masks import DEFAULT_HOUSE_MASK_CACHE_MB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +58,15 @@ class Settings:
     # One short run of every GPU stage after loading, so the first job does not pay for kernel
     # selection and allocator growth (worker/warmup.py).
     warmup: bool = True
+    # Caches (0 disables either): a garment's conditioning on the GPU (ootd/garment_cache.py) and
+    # a house photo's mask in host memory (worker/house_masks.py), in MB; optionally every
+    # house photo's masks computed at start-up for the default fit and resolution.
+    garment_cache_mb: int = DEFAULT_GARMENT_CACHE_MB
+    house_mask_cache_mb: int = DEFAULT_HOUSE_MASK_CACHE_MB
+    precompute_house_masks: bool = False
+    # torch.compile of the try-on UNet (ootd/compile.py): off until a GPU measurement pays for
+    # its compile time at cold start (bench/README.md).
+    compile: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -82,6 +93,12 @@ class Settings:
             extra_resolutions=_resolutions(env.get("EXTRA_RESOLUTIONS") or ""),
             allow_cpu=_flag(env, "ALLOW_CPU", cls.allow_cpu),
             warmup=_flag(env, "WARMUP", cls.warmup),
+            garment_cache_mb=_positive(env, "GARMENT_CACHE_MB", cls.garment_cache_mb, int, allow_zero=True),
+            house_mask_cache_mb=_positive(
+                env, "HOUSE_MASK_CACHE_MB", cls.house_mask_cache_mb, int, allow_zero=True
+            ),
+            precompute_house_masks=_flag(env, "PRECOMPUTE_HOUSE_MASKS", cls.precompute_house_masks),
+            compile=_flag(env, "OOTD_COMPILE", cls.compile),
         )
 
 

@@ -20,10 +20,12 @@ import runpod
 import torch
 from PIL import Image
 
-from preprocess import PreprocessError
+from preprocess import PreprocessError, PreprocessResult
 from preprocess.images import load_mask, load_rgb
+from preprocess.preprocessor import check_request
 from storage import OutputFile, store_outputs
 from worker.config import MB, Settings
+from worker.encoding import encode_images
 from worker.errors import (
     GpuFailureJobError,
     InputError,
@@ -33,18 +35,18 @@ from worker.errors import (
     bounded,
 )
 from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
+from worker.house_masks import house_mask_key, photo_digest
 from worker.images import (
     CONTENT_TYPES,
     EXTENSIONS,
     PadBox,
     check_aspect,
     decode_image,
-    encode_image,
     fit_to_frame,
     read_images,
 )
 from worker.runtime import Runtime, house_model_photos
-from worker.schema import TryOnRequest, parse_request
+from worker.schema import CATEGORIES, FIELDS, PIPELINE_CATEGORY, RESOLUTIONS, TryOnRequest, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     job_id = str(job.get("id") or "job")
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    runtime.configure_caches(settings)
 
     with _stage(timings, "validate"):
         photos = house_model_photos(settings.model_images_dir)
@@ -90,20 +93,25 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     log.info("job %s: %s", job_id, _summary(request))
 
     with _stage(timings, "fetch"):
-        person, garment, user_mask = _load_pictures(request, photos, settings)
+        person, garment, user_mask, house_digest = _load_pictures(request, photos, settings)
 
     pad: PadBox | None = None
     if request.fit == "pad":
         person, user_mask, pad = _pad(person, user_mask)
 
-    outputs, mask_image = _generate(runtime, request, person, garment, user_mask, progress, settings, timings)
+    outputs, mask_image = _generate(
+        runtime, request, person, garment, user_mask, house_digest, progress, settings, timings
+    )
     if pad is not None:
         outputs = [pad.crop(image) for image in outputs]
         mask_image = pad.crop(mask_image)
 
     with _stage(timings, "encode"):
-        encoded = [encode_image(image, request.output_format) for image in outputs]
-        encoded_mask = encode_image(mask_image, "png") if request.return_mask else None
+        pictures = [(image, request.output_format) for image in outputs]
+        if request.return_mask:
+            pictures.append((mask_image, "png"))
+        encoded = encode_images(pictures)
+        encoded_mask = encoded.pop() if request.return_mask else None
 
     with _stage(timings, "store"):
         images, mask_entry, warnings = _store(
@@ -129,19 +137,21 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
 
 def _load_pictures(
     request: TryOnRequest, photos: list, settings: Settings
-) -> tuple[Image.Image, Image.Image, Image.Image | None]:
-    """Fetch and decode the person (or house photo), the garment and the caller's mask.
+) -> tuple[Image.Image, Image.Image, Image.Image | None, str | None]:
+    """Fetch and decode the person (or house photo), the garment and the caller's mask; the
+    last item is the house photo's content hash (None for the caller's own photo).
 
     The URLs among them are fetched at once, under one deadline for all (DOWNLOAD_TIMEOUT).
     """
     refs = [ref for ref in (request.person, request.garment, request.mask) if ref is not None]
     pictures = dict(zip((ref.field for ref in refs), read_images(refs, settings), strict=True))
+    house_digest = None
     if request.person is not None:
         person = _converted(pictures["person"], "person", load_rgb)
     else:
         data = photos[request.person_index].read_bytes()
-        image = decode_image(data, "person_index", settings.max_input_pixels)
-        person = _converted(image, "person_index", load_rgb)
+        house_digest = photo_digest(data)
+        person = _house_photo(data, settings)
     if request.fit == "pad":
         check_aspect(person.size, "person" if request.person is not None else "person_index", MAX_PAD_RATIO)
     garment = _converted(pictures["garment"], "garment", load_rgb)
@@ -151,7 +161,12 @@ def _load_pictures(
     if user_mask is not None and user_mask.size != person.size:
         # A mask is drawn over the person photo: bring it to the photo's frame before any padding.
         user_mask = user_mask.resize(person.size, Image.Resampling.NEAREST)
-    return person, garment, user_mask
+    return person, garment, user_mask, house_digest
+
+
+def _house_photo(data: bytes, settings: Settings) -> Image.Image:
+    image = decode_image(data, "person_index", settings.max_input_pixels)
+    return _converted(image, "person_index", load_rgb)
 
 
 def _converted(image: Image.Image, field: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
@@ -189,6 +204,7 @@ def _generate(
     person: Image.Image,
     garment: Image.Image,
     user_mask: Image.Image | None,
+    house_digest: str | None,
     progress: ProgressSink,
     settings: Settings,
     timings: dict[str, float],
@@ -196,12 +212,11 @@ def _generate(
     """Mask, then diffusion: the GPU stages, where CUDA can run out of memory or fail."""
     try:
         with _stage(timings, "mask"):
-            try:
-                prepared = runtime.preprocessor(
-                    person, request.model_type, request.pipeline_category, mask=user_mask, size=request.size
-                )
-            except PreprocessError as error:
-                raise InputError(f"{'mask' if user_mask is not None else 'person'}: {error}") from None
+            model_type, category = request.model_type, request.pipeline_category
+            key = None
+            if house_digest is not None and user_mask is None:
+                key = house_mask_key(house_digest, model_type, category, request.fit, request.resolution)
+            prepared = _prepare(runtime, person, model_type, category, user_mask, request.size, key)
         with _stage(timings, "diffusion"):
             every = settings.progress_every
             outputs = _diffuse(runtime, request, prepared.person, garment, prepared.mask, progress, every)
@@ -223,6 +238,63 @@ def _generate(
     raise GpuFailureJobError(
         f"the GPU failed ({detail}); send the job again (this worker will be restarted)"
     )
+
+
+def _prepare(
+    runtime: Runtime,
+    person: Image.Image,
+    model_type: str,
+    category: str,
+    user_mask: Image.Image | None,
+    size: tuple[int, int],
+    house_key: tuple | None,
+) -> PreprocessResult:
+    """Pose + parsing + mask (or the caller's mask); for a house photo (`house_key`) the cached
+    result when there is one, else computed and cached."""
+    cached = runtime.house_masks.get(house_key) if house_key is not None else None
+    if cached is not None:
+        return cached
+    try:
+        prepared = runtime.preprocessor(person, model_type, category, mask=user_mask, size=size)
+    except PreprocessError as error:
+        raise InputError(f"{'mask' if user_mask is not None else 'person'}: {error}") from None
+    if house_key is not None:
+        runtime.house_masks.put(house_key, prepared)
+    return prepared
+
+
+def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
+    """Fill the house-mask cache for every house photo, loaded model type and category it takes,
+    at the default fit and resolution (what a job that names only `person_index` gets), so that
+    no job pays for them. Returns how many were computed; a photo where no person is found is
+    logged and skipped (its jobs will fail with the same sentence)."""
+    fit, resolution = FIELDS["fit"], FIELDS["resolution"]
+    computed = 0
+    for path in house_model_photos(settings.model_images_dir):
+        data = path.read_bytes()
+        digest = photo_digest(data)
+        try:
+            person = _house_photo(data, settings)
+            if fit == "pad":
+                check_aspect(person.size, "person_index", MAX_PAD_RATIO)
+                person, _, _ = _pad(person, None)
+        except InputError as error:
+            log.warning("house photo %s skipped: %s", path.name, error)
+            continue
+        for model_type in runtime.model_types:
+            for category in (PIPELINE_CATEGORY[name] for name in CATEGORIES):
+                try:
+                    check_request(model_type, category)
+                except ValueError:
+                    continue  # a combination the model does not take (HD is upper body only)
+                key = house_mask_key(digest, model_type, category, fit, resolution)
+                try:
+                    _prepare(runtime, person, model_type, category, None, RESOLUTIONS[resolution], key)
+                except InputError as error:
+                    log.warning("house photo %s, %s/%s: %s", path.name, model_type, category, error)
+                    continue
+                computed += 1
+    return computed
 
 
 def _store(

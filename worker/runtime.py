@@ -11,11 +11,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.config import Settings
+from ootd.garment_cache import GarmentCache
+from worker.config import MB, Settings
+from worker.house_masks import HouseMaskCache
 from worker.threads import container_cpus
 from worker.weights import WeightsMissingError, locate_weights
 
@@ -28,11 +30,19 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 @dataclass
 class Runtime:
-    """Everything a job needs that is expensive to build: the pipelines and the preprocessor."""
+    """Everything a job needs that is expensive to build: the pipelines and the preprocessor,
+    and what jobs leave behind for later ones: the garment and house-mask caches."""
 
     pipelines: Mapping[str, Any]
     preprocessor: Any
     load_seconds: float
+    garment_cache: GarmentCache = field(default_factory=GarmentCache)
+    house_masks: HouseMaskCache = field(default_factory=HouseMaskCache)
+
+    def configure_caches(self, settings: Settings) -> None:
+        """Apply the cache bounds of `settings` (read per job, like every setting)."""
+        self.garment_cache.resize(settings.garment_cache_mb * MB)
+        self.house_masks.resize(settings.house_mask_cache_mb * MB)
 
     @property
     def model_types(self) -> tuple[str, ...]:
@@ -48,13 +58,28 @@ def load_runtime(settings: Settings) -> Runtime:
     from preprocess import Preprocessor
 
     start = time.perf_counter()
+    garment_cache = GarmentCache(settings.garment_cache_mb * MB)
     pipelines = load_pipelines(
-        sources.diffusion.folder, model_types=settings.model_types, clip_dir=sources.clip.folder
+        sources.diffusion.folder,
+        model_types=settings.model_types,
+        clip_dir=sources.clip.folder,
+        garment_cache=garment_cache,
     )
+    if settings.compile:
+        from ootd.compile import compile_pipeline
+
+        for pipeline in pipelines.values():
+            compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
     preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
-    return Runtime(pipelines=pipelines, preprocessor=preprocessor, load_seconds=seconds)
+    return Runtime(
+        pipelines=pipelines,
+        preprocessor=preprocessor,
+        load_seconds=seconds,
+        garment_cache=garment_cache,
+        house_masks=HouseMaskCache(settings.house_mask_cache_mb * MB),
+    )
 
 
 _lock = threading.Lock()

@@ -17,6 +17,7 @@ the parsing providers in use), and the warm-up runs unless `WARMUP=false`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
@@ -27,6 +28,7 @@ from ootd.pipeline import resolve_device_dtype
 from preprocess.parsing import CUDA_PROVIDER
 from worker.config import Settings
 from worker.gpu_errors import classify_gpu_failure, failure_detail
+from worker.job import precompute_house_masks
 from worker.runtime import Runtime, WeightsMissingError, get_runtime
 from worker.threads import size_thread_pools
 from worker.warmup import warm_up
@@ -64,6 +66,8 @@ def start(settings: Settings) -> Runtime:
         if problem:
             raise StartupError(problem)
     log.info("running on %s", describe(runtime, providers))
+    if settings.precompute_house_masks:
+        _precompute_house_masks(runtime, settings)
     if not settings.warmup:
         log.info("warm-up skipped (WARMUP=false)")
         return runtime
@@ -77,6 +81,14 @@ def start(settings: Settings) -> Runtime:
         log.info("warm-up done in %.1f s", seconds)
         return runtime
     raise StartupError(f"the warm-up failed on the GPU ({detail})")
+
+
+def _precompute_house_masks(runtime: Runtime, settings: Settings) -> None:
+    """PRECOMPUTE_HOUSE_MASKS: every house photo's masks before the first job (time logged)."""
+    runtime.configure_caches(settings)
+    started = time.perf_counter()
+    count = precompute_house_masks(runtime, settings)
+    log.info("precomputed %d house-model masks in %.1f s", count, time.perf_counter() - started)
 
 
 def parsing_providers(runtime: Runtime) -> list[list[str]]:

@@ -1,0 +1,85 @@
+"""What the caches save per job, through the worker's own job path on tiny checkpoints (CPU).
+
+Three ratios, each from one process. On a shared machine the wall clock of a whole job swings
+with other load, so the process CPU time of each job is printed beside it (summed over torch's
+threads): compare those.
+
+- house model: the `mask` stage of the first job on `person_index` 0 vs a repeated one (another
+  garment, so only the mask can come from a cache);
+- garment: the whole request (`total`) of a garment the worker has not seen vs the same garment
+  again (another seed, and the house mask already cached in both, so only the garment differs);
+- encoding: 4 samples encoded one after the other vs in threads is in `bench.bench_encoding`.
+
+The tiny networks are far cheaper than the real ones, and unevenly so (the tiny pose and parsing
+networks are small, the tiny garment UNet costs about one try-on step), so the ratios show that
+the cache removes the work, not how much a real job saves: on the real weights a garment hit
+saves CLIP ViT-L/14, one VAE encode and one full SD-1.5 UNet pass at t=0.
+
+    .venv/bin/python -m bench.bench_caches [--resolution 512x384] [--steps 20] [--samples 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from worker.config import Settings
+from worker.job import handle
+from worker.runtime import get_runtime
+
+GARMENT = Path(__file__).resolve().parent.parent / "assets" / "garments" / "0_tshirt.png"
+
+
+def garment_variant(number: int) -> str:
+    """The bundled garment photo, changed per `number` so that each is a new garment."""
+    image = Image.open(GARMENT).convert("RGB")
+    if number % 2:
+        image = ImageOps.mirror(image)
+    image = image.rotate(number * 3, fillcolor=(255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", default="512x384")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=1)
+    args = parser.parse_args()
+
+    from tiny_checkpoints import write_tiny_checkpoints
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = write_tiny_checkpoints(Path(folder), seed=0)
+        settings = Settings(checkpoints_dir=root, allow_cpu=True, warmup=False)
+        runtime = get_runtime(settings)
+
+        def job(garment: int, seed: int) -> dict[str, float]:
+            request = {"person_index": 0, "garment": garment_variant(garment), "resolution": args.resolution,
+                       "steps": args.steps, "samples": args.samples, "seed": seed}  # fmt: skip
+            cpu = time.process_time()
+            result = handle({"id": "bench", "input": request}, runtime, settings, progress=lambda _: None)
+            assert "error" not in result, result
+            return {**result["timings"], "cpu": time.process_time() - cpu}
+
+        job(0, 0)  # first call of every network: not what a warm worker pays
+        runtime.house_masks.clear()
+        runtime.garment_cache.clear()
+        first, repeated = job(1, 1), job(2, 1)
+        print(f"house model: mask {first['mask']:.3f} s first, {repeated['mask']:.4f} s repeated: "
+              f"{repeated['mask'] / first['mask'] * 100:.2f} %")  # fmt: skip
+        miss, hit = job(3, 2), job(3, 3)
+        print(f"garment ({args.resolution}, {args.steps} steps, {args.samples} sample(s)): total "
+              f"{miss['total']:.2f} s miss, {hit['total']:.2f} s hit: {hit['total'] / miss['total']:.2f}x; "
+              f"CPU {miss['cpu']:.2f} s vs {hit['cpu']:.2f} s: {hit['cpu'] / miss['cpu']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
