@@ -15,17 +15,17 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from core.vocabulary import MODEL_FRAME, Size, parse_size
 from ootd import layout
 from ootd.pipeline import CATEGORIES, OOTDiffusionPipeline
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'768x1024' -> (768, 1024) as (width, height)."""
+def _size(text: str) -> Size:
+    """'1024x768' (HxW, like the worker's resolution) -> Size(768, 1024)."""
     try:
-        width, height = (int(part) for part in text.lower().split("x"))
+        return parse_size(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"size must look like 768x1024 (WxH), not {text!r}") from error
-    return width, height
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=2.0, help="image guidance scale")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=_size, default=(768, 1024), help="WxH, multiples of 64")
+    parser.add_argument("--size", type=_size, default=MODEL_FRAME, help="HxW, multiples of 64")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

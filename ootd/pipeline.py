@@ -39,10 +39,12 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from core.images import WHITE, flatten
+from core.vocabulary import MODEL_FRAME, PUBLISHED_CATEGORIES, check_published
 from ootd import layout
 from ootd.fusion import GarmentFusion
 
-CATEGORIES: tuple[str, ...] = ("upper_body", "lower_body", "dresses")
+CATEGORIES = PUBLISHED_CATEGORIES  # the pipeline speaks the published code's names
 # The words the published DC model was conditioned on; only the first BPE piece survives the
 # 3-token truncation ("upperbody" -> "upper"), exactly as in the published code.
 DC_PROMPT_WORDS: dict[str, str] = {"upper_body": "upperbody", "lower_body": "lowerbody", "dresses": "dress"}
@@ -223,11 +225,7 @@ def load_unets(
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """RGB copy of any PIL image; transparency is flattened onto white (the published code would
     have fed 4 channels to the VAE, and garments are shot on white)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
+    return flatten(image, WHITE)
 
 
 def masked_person_image(person: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
@@ -368,13 +366,10 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`mask` must be a PIL image of mode 'L' (255 = repaint), got mode {mask.mode!r}"
             )
-        if category not in CATEGORIES:
-            raise ValueError(f"`category` must be one of {', '.join(CATEGORIES)}, got {category!r}")
-        if self.model_type == "hd" and category != "upper_body":
-            raise ValueError(
-                f"`category` {category!r} is not supported by the HD model, which supports only upper_body; "
-                "use model_type 'dc' for lower_body and dresses"
-            )
+        try:
+            check_published(self.model_type, category)
+        except ValueError as error:
+            raise ValueError(f"`category`: {error}") from None
         if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_STEPS:
             raise ValueError(
                 f"`num_inference_steps` must be an integer in 1..{MAX_STEPS}, got {num_inference_steps!r}"
@@ -427,8 +422,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         image_guidance_scale: float = 2.0,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | int | None = None,
-        height: int = 1024,
-        width: int = 768,
+        height: int = MODEL_FRAME.height,
+        width: int = MODEL_FRAME.width,
         output_type: str = "pil",
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),

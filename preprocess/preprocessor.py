@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from core.vocabulary import MODEL_FRAME, check_published
 from preprocess.errors import PreprocessError
 from preprocess.images import load_mask, load_rgb
 from preprocess.layout import BODY_POSE
-from preprocess.mask import ARM_WIDTH, CATEGORIES, agnostic_mask
+from preprocess.mask import agnostic_mask
 from preprocess.parsing import PARSE_SIZE, HumanParser
 
 if TYPE_CHECKING:
     import torch
 
-OUTPUT_SIZE = (768, 1024)
-"""(width, height) the published models work at, and the default mask size."""
+OUTPUT_SIZE = MODEL_FRAME
+"""The published models' frame, (width, height): the default mask size."""
 
 PoseEstimator = Callable[[Image.Image], np.ndarray]
 Parser = Callable[[Image.Image], np.ndarray]
@@ -42,16 +43,6 @@ class PreprocessResult:
     """uint8 (512, 384) label map (ATR + 18 = neck); None with a caller's mask."""
     person: Image.Image
     """The person photo as the pipeline must use it: upright 8-bit RGB, resized to the mask size."""
-
-
-def check_request(model_type: str, category: str) -> None:
-    """Reject combinations the published models were not trained for (HD is upper body only)."""
-    if model_type not in ARM_WIDTH:
-        raise ValueError(f"model_type must be 'hd' or 'dc', not {model_type!r}")
-    if category not in CATEGORIES:
-        raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
-    if model_type == "hd" and category != "upper_body":
-        raise ValueError(f"the hd model only supports category 'upper_body', not {category!r}; use 'dc'")
 
 
 class Preprocessor:
@@ -96,7 +87,7 @@ class Preprocessor:
         Raises `NoPersonDetectedError` / `NoGarmentRegionError` (both `PreprocessError`, a
         ValueError) when the photo cannot be used, ValueError for a bad model_type/category.
         """
-        check_request(model_type, category)
+        check_published(model_type, category)
         size = (int(size[0]), int(size[1]))
         # Stretched like the published script: the caller decides about aspect ratio beforehand.
         upright = load_rgb(person)

@@ -20,6 +20,8 @@ import runpod
 import torch
 from PIL import Image
 
+from core.images import WHITE
+from core.vocabulary import MODEL_FRAME
 from preprocess import PreprocessError
 from preprocess.images import load_mask, load_rgb
 from storage import OutputFile, store_outputs
@@ -48,9 +50,6 @@ from worker.schema import TryOnRequest, parse_request
 
 log = logging.getLogger(__name__)
 
-# What the model was trained on: 3:4 portraits, 768x1024 (width, height).
-MODEL_FRAME = (768, 1024)
-WHITE = (255, 255, 255)
 # fit "pad" refuses photos more than this many times as wide as tall (or tall as wide): the
 # photo would be a thin strip in the frame (8:1 leaves 768x96), and nothing a try-on can use.
 MAX_PAD_RATIO = 8.0
@@ -173,7 +172,7 @@ def _pad(
 ) -> tuple[Image.Image, Image.Image | None, PadBox]:
     """Fit the person photo (and the caller's mask, aligned with it) into the model's frame.
 
-    Always the published 768x1024, not the requested resolution: the preprocessor derives its
+    Always the published frame (`MODEL_FRAME`), not the requested resolution: the preprocessor derives its
     pose and parsing input from a 768x1024 picture and the pipeline resizes to the resolution
     itself. The frame also bounds memory, whatever the photo's size and shape.
     """

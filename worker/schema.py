@@ -15,18 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ootd.layout import MODEL_TYPES
+from core.vocabulary import (
+    CATEGORIES,
+    MODEL_TYPES,
+    PUBLISHED_NAMES,
+    Size,
+    category_name,
+    parse_size,
+    unsupported,
+)
 from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, describe, join_capped, quote
 
-CATEGORIES = ("upper_body", "lower_body", "dress")
-# What the pipeline calls each category (the published DressCode name for dresses).
-PIPELINE_CATEGORY = {"upper_body": "upper_body", "lower_body": "lower_body", "dress": "dresses"}
-_CATEGORY_SPELLINGS = {
-    "upper_body": "upper_body", "upperbody": "upper_body", "upper": "upper_body",
-    "lower_body": "lower_body", "lowerbody": "lower_body", "lower": "lower_body",
-    "dress": "dress", "dresses": "dress",
-}  # fmt: skip
-RESOLUTIONS = {"1024x768": (768, 1024), "768x576": (576, 768), "512x384": (384, 512)}  # "HxW": (W, H)
+RESOLUTIONS: dict[str, Size] = {name: parse_size(name) for name in ("1024x768", "768x576", "512x384")}
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 FITS = ("pad", "stretch")
 
@@ -107,14 +107,14 @@ class TryOnRequest:
     fit: str = "pad"
 
     @property
-    def size(self) -> tuple[int, int]:
+    def size(self) -> Size:
         """(width, height) from the "HxW" resolution name."""
-        height, width = (int(side) for side in self.resolution.split("x"))
-        return width, height
+        return parse_size(self.resolution)
 
     @property
     def pipeline_category(self) -> str:
-        return PIPELINE_CATEGORY[self.category]
+        """The published name of the category (what the pipeline and the mask rules say)."""
+        return PUBLISHED_NAMES[self.category]
 
 
 def parse_request(
@@ -161,11 +161,8 @@ def parse_request(
     if model_type is not None and model_type not in loaded_model_types:
         loaded = ", ".join(loaded_model_types)
         errors.append(f"model_type {model_type!r} is not loaded on this worker (loaded: {loaded})")
-    if model_type == "hd" and category not in (None, "upper_body"):
-        errors.append(
-            f"model_type 'hd' supports only category 'upper_body', not {category!r} "
-            "(use model_type 'dc' for lower_body or dress)"
-        )
+    if model_type is not None and category is not None and (problem := unsupported(model_type, category)):
+        errors.append(problem)
     out["steps"] = _integer(fields, "steps", *STEPS_RANGE, errors)
     out["samples"] = _integer(fields, "samples", *SAMPLES_RANGE, errors)
     out["seed"] = _seed(fields, errors)
@@ -331,11 +328,9 @@ def _category(fields: _Fields, errors: list[str]) -> str | None:
     value = fields.get("category")
     if value is None:
         return FIELDS["category"]
-    if isinstance(value, str) and value.strip().lower() in _CATEGORY_SPELLINGS:
-        return _CATEGORY_SPELLINGS[value.strip().lower()]
-    index = _as_int(value)
-    if index is not None and 0 <= index < len(CATEGORIES):
-        return CATEGORIES[index]
+    name = category_name(value)
+    if name is not None:
+        return name
     errors.append(f"category must be one of {', '.join(CATEGORIES)} (or 0, 1, 2), not {quote(value)}")
     return None
 
