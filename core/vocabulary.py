@@ -29,6 +29,11 @@ _SPELLINGS: dict[str, str] = {
 # Which categories each model was trained on: the one statement of "HD is upper body only".
 MODEL_CATEGORIES: dict[str, tuple[str, ...]] = {"hd": ("upper_body",), "dc": CATEGORIES}
 
+# How the garment was photographed: "flat" (laid flat or on a hanger, on a plain background:
+# what both models were trained on), "model" (worn by a person: the garment is cut out first),
+# "auto" (decided from whether a person is found in the garment photo).
+GARMENT_PHOTO_TYPES: tuple[str, ...] = ("flat", "model", "auto")
+
 
 class Size(NamedTuple):
     """A picture size, (width, height) like Pillow's; written "HxW" by `size_name`."""

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from core.vocabulary import MODEL_FRAME, check_published
+from core.vocabulary import GARMENT_PHOTO_TYPES, MODEL_FRAME, check_published
 from preprocess.errors import PreprocessError
+from preprocess.garment import extract_garment, person_in_parse
 from preprocess.images import load_mask, load_rgb
 from preprocess.layout import BODY_POSE
 from preprocess.mask import agnostic_mask
@@ -43,6 +44,18 @@ class PreprocessResult:
     """uint8 (512, 384) label map (ATR + 18 = neck); None with a caller's mask."""
     person: Image.Image
     """The person photo as the pipeline must use it: upright 8-bit RGB, resized to the mask size."""
+
+
+@dataclass(frozen=True)
+class GarmentResult:
+    """The garment as the pipeline must use it, and how it was photographed."""
+
+    image: Image.Image
+    """Upright 8-bit RGB: the photo itself when flat, the cut-out garment (3:4, on white) when worn."""
+    photo_type: str
+    """"flat" or "model": what was used ("auto" resolved)."""
+    parse: np.ndarray | None
+    """uint8 (512, 384) label map of the garment photo; None when it was not parsed ("flat")."""
 
 
 class Preprocessor:
@@ -73,6 +86,29 @@ class Preprocessor:
         on_cpu = device is not None and str(device).startswith("cpu")
         providers = ["CPUExecutionProvider"] if on_cpu else None
         return cls(pose=pose, parser=HumanParser.from_checkpoints(root, providers=providers, threads=threads))
+
+    def garment(self, garment: Image.Image, category: str, photo_type: str = "flat") -> GarmentResult:
+        """Prepare the garment photo: as it is ("flat"), cut out of a person's photo ("model"),
+        or whichever of the two the parse says ("auto": "model" when a person is found).
+
+        Raises `NoWornGarmentError` (a `PreprocessError`) when a worn garment of `category`
+        (a published name) is not found, ValueError for an unknown `photo_type`.
+        """
+        if photo_type not in GARMENT_PHOTO_TYPES:
+            choices = ", ".join(GARMENT_PHOTO_TYPES)
+            raise ValueError(f"photo_type must be one of {choices}, not {photo_type!r}")
+        image = load_rgb(garment)
+        if photo_type == "flat":
+            return GarmentResult(image=image, photo_type="flat", parse=None)
+        if self.parser is None:
+            raise RuntimeError("this Preprocessor was built without a parsing network: send flat garments")
+        # The person's chain: the published frame, then the parser's input size.
+        bicubic = Image.Resampling.BICUBIC
+        small = image.resize(OUTPUT_SIZE, bicubic).resize(PARSE_SIZE, bicubic)
+        parse = np.asarray(self.parser(small), dtype=np.uint8)
+        if photo_type == "auto" and not person_in_parse(parse):
+            return GarmentResult(image=image, photo_type="flat", parse=parse)
+        return GarmentResult(image=extract_garment(image, parse, category), photo_type="model", parse=parse)
 
     def __call__(
         self,

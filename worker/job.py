@@ -8,13 +8,15 @@ anything else is a bug and is raised for the SDK to report. Each stage is timed 
 are returned.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import runpod
 import torch
@@ -47,6 +49,9 @@ from worker.images import (
 )
 from worker.runtime import Runtime, house_model_photos
 from worker.schema import TryOnRequest, parse_request
+
+if TYPE_CHECKING:
+    from preprocess.preprocessor import GarmentResult
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,9 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     if request.fit == "pad":
         person, user_mask, pad = _pad(person, user_mask)
 
-    outputs, mask_image = _generate(runtime, request, person, garment, user_mask, progress, settings, timings)
+    outputs, mask_image, worn = _generate(
+        runtime, request, person, garment, user_mask, progress, settings, timings
+    )
     if pad is not None:
         outputs = [pad.crop(image) for image in outputs]
         mask_image = pad.crop(mask_image)
@@ -103,10 +110,13 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     with _stage(timings, "encode"):
         encoded = [encode_image(image, request.output_format) for image in outputs]
         encoded_mask = encode_image(mask_image, "png") if request.return_mask else None
+        # A garment cut out of a person's photo is returned beside the mask: what the model saw.
+        cut_out = worn is not None and worn.photo_type == "model" and request.return_mask
+        encoded_garment = encode_image(worn.image, "png") if cut_out else None
 
     with _stage(timings, "store"):
-        images, mask_entry, warnings = _store(
-            job_id, request, encoded, encoded_mask, job.get("s3Config") or None
+        images, mask_entry, garment_entry, warnings = _store(
+            job_id, request, encoded, encoded_mask, encoded_garment, job.get("s3Config") or None
         )
 
     timings["total"] = time.perf_counter() - started
@@ -117,8 +127,12 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
         "category": request.category,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
+    if worn is not None:
+        result["garment_photo_type"] = worn.photo_type
     if mask_entry is not None:
         result["mask"] = mask_entry
+    if garment_entry is not None:
+        result["garment"] = garment_entry
     if warnings:
         result["warnings"] = warnings
     _check_size(result, settings, warnings)
@@ -191,9 +205,15 @@ def _generate(
     progress: ProgressSink,
     settings: Settings,
     timings: dict[str, float],
-) -> tuple[list[Image.Image], Image.Image]:
-    """Mask, then diffusion: the GPU stages, where CUDA can run out of memory or fail."""
+) -> tuple[list[Image.Image], Image.Image, GarmentResult | None]:
+    """Garment (when not flat), mask, then diffusion: the GPU stages, where CUDA can run out of
+    memory or fail. Returns the images, the mask and the prepared garment (None when flat)."""
     try:
+        worn = None
+        if request.garment_photo_type != "flat":
+            with _stage(timings, "garment"):
+                worn = _garment(runtime, request, garment)
+            garment = worn.image
         with _stage(timings, "mask"):
             try:
                 prepared = runtime.preprocessor(
@@ -204,7 +224,7 @@ def _generate(
         with _stage(timings, "diffusion"):
             every = settings.progress_every
             outputs = _diffuse(runtime, request, prepared.person, garment, prepared.mask, progress, every)
-        return outputs, prepared.mask
+        return outputs, prepared.mask, worn
     except Exception as error:
         failure = classify_gpu_failure(error)
         if failure is None:
@@ -224,19 +244,37 @@ def _generate(
     )
 
 
+def _garment(runtime: Runtime, request: TryOnRequest, garment: Image.Image) -> GarmentResult:
+    """The garment photo as the model must see it (`garment_photo_type` "model" or "auto")."""
+    try:
+        return runtime.preprocessor.garment(garment, request.pipeline_category, request.garment_photo_type)
+    except PreprocessError as error:
+        raise InputError(f"garment_photo_type {request.garment_photo_type!r}: {error}") from None
+
+
 def _store(
-    job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config: object
-) -> tuple[list[dict], dict | None, list[str]]:
-    """Upload (or inline) the images and the mask, one decision for all; entries and warnings."""
+    job_id: str,
+    request: TryOnRequest,
+    encoded: list[bytes],
+    encoded_mask: bytes | None,
+    encoded_garment: bytes | None,
+    s3_config: object,
+) -> tuple[list[dict], dict | None, dict | None, list[str]]:
+    """Upload (or inline) the images, the mask and the cut-out garment, one decision for all;
+    entries and warnings."""
     extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
     files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(encoded)]
-    if encoded_mask is not None:
-        files.append(OutputFile(encoded_mask, "image/png", "png", 0, group="mask"))
+    extras = {"mask": encoded_mask, "garment": encoded_garment}
+    for group, data in extras.items():
+        if data is not None:
+            files.append(OutputFile(data, "image/png", "png", 0, group=group))
     stored = store_outputs(job_id, files, s3_config=s3_config)
     entries = [image.to_dict() for image in stored.images]
-    mask_entry = entries.pop() if encoded_mask is not None else None
+    sent = [group for group, data in extras.items() if data is not None]
+    extra_entries = dict(zip(sent, entries[len(encoded) :], strict=True))
     # Bounded like errors: a warning can carry an error code sent by the job's own S3 endpoint.
-    return entries, mask_entry, [bounded(message) for message in stored.warnings]
+    warnings = [bounded(message) for message in stored.warnings]
+    return entries[: len(encoded)], extra_entries.get("mask"), extra_entries.get("garment"), warnings
 
 
 def _diffuse(

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from core.vocabulary import (
     CATEGORIES,
+    GARMENT_PHOTO_TYPES,
     MODEL_TYPES,
     PUBLISHED_NAMES,
     Size,
@@ -52,6 +53,7 @@ FIELDS: dict[str, Any] = {
     "return_mask": False,
     "resolution": "1024x768",
     "fit": "pad",
+    "garment_photo_type": "flat",
 }
 # The seed Flask API's names -> the new names (`category` and `seed` kept their names).
 ALIASES = {
@@ -105,6 +107,7 @@ class TryOnRequest:
     return_mask: bool = False
     resolution: str = "1024x768"
     fit: str = "pad"
+    garment_photo_type: str = "flat"
 
     @property
     def size(self) -> Size:
@@ -170,6 +173,7 @@ def parse_request(
     out["output_format"] = _choice(fields, "output_format", OUTPUT_FORMATS, errors, lower=True)
     out["resolution"] = _choice(fields, "resolution", (*RESOLUTIONS, *extra_resolutions), errors)
     out["fit"] = _choice(fields, "fit", FITS, errors, lower=True)
+    out["garment_photo_type"] = _choice(fields, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True)
     out["return_mask"] = _boolean(fields, "return_mask", errors)
 
     if errors:
