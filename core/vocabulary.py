@@ -11,6 +11,7 @@ stage imports it without torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 MODEL_TYPES: tuple[str, ...] = ("hd", "dc")
@@ -28,6 +29,12 @@ _SPELLINGS: dict[str, str] = {
 }  # fmt: skip
 # Which categories each model was trained on: the one statement of "HD is upper body only".
 MODEL_CATEGORIES: dict[str, tuple[str, ...]] = {"hd": ("upper_body",), "dc": CATEGORIES}
+# `category` / `model_type` "auto": the worker decides (the category from the garment photo).
+AUTO = "auto"
+# "auto" picks the first loaded model type that dresses the category: HD first, because VITON-HD
+# was trained on upper-body garments alone (at the same 768x1024), so for them it is the
+# specialist; Dress Code's model shares its capacity among three categories.
+AUTO_MODEL_TYPE_ORDER: tuple[str, ...] = ("hd", "dc")
 
 # How the garment was photographed: "flat" (laid flat or on a hanger, on a plain background:
 # what both models were trained on), "model" (worn by a person: the garment is cut out first),
@@ -85,6 +92,12 @@ def category_name(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     return CATEGORIES[value] if 0 <= value < len(CATEGORIES) else None
+
+
+def auto_model_type(category: str, loaded: Sequence[str] = MODEL_TYPES) -> str | None:
+    """The model type "auto" means for `category` (an API name) among the `loaded` ones, or None."""
+    fits = [name for name in AUTO_MODEL_TYPE_ORDER if name in loaded and category in MODEL_CATEGORIES[name]]
+    return fits[0] if fits else None
 
 
 def unsupported(model_type: str, category: str) -> str | None:

@@ -322,13 +322,27 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         ).input_ids
         return self.text_encoder(ids.to(device))[0]
 
-    def encode_prompt(self, garment: PIL.Image.Image, category: str) -> torch.Tensor:
-        """(1, T, D) float32 prompt embeddings of one request: HD T=2, DC T=4 (see module doc)."""
-        device = self.text_encoder.device
+    def garment_image_embeds(
+        self, garment: PIL.Image.Image, height: int = MODEL_FRAME.height, width: int = MODEL_FRAME.width
+    ) -> torch.Tensor:
+        """(1, D) projected CLIP image embedding of the garment, exactly as `__call__` computes it
+        for `height` x `width` (the garment is first stretched to that size). Pass it back as
+        `garment_image_embeds` to reuse it (e.g. after classifying the garment with it)."""
+        garment = to_rgb(garment).resize((width, height), PIL.Image.BICUBIC)
         pixels = self.image_processor(images=garment, return_tensors="pt").pixel_values
-        image_embeds = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds.unsqueeze(
-            1
-        )
+        device = self.text_encoder.device
+        return self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds
+
+    def encode_prompt(
+        self, garment: PIL.Image.Image, category: str, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(1, T, D) float32 prompt embeddings of one request: HD T=2, DC T=4 (see module doc).
+        `image_embeds`: the garment's (1, D) CLIP embedding when already computed."""
+        device = self.text_encoder.device
+        if image_embeds is None:
+            pixels = self.image_processor(images=garment, return_tensors="pt").pixel_values
+            image_embeds = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds
+        image_embeds = image_embeds.to(device).unsqueeze(1)
         if self.model_type == "hd":
             states = self._text_states("", HD_PROMPT_LENGTH, device).clone()
             states[:, 1:] = image_embeds
@@ -427,6 +441,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        garment_image_embeds: torch.Tensor | None = None,
     ) -> ImagePipelineOutput:
         """Dress `person` in `garment` inside `mask` (PIL "L", 255 = repaint).
 
@@ -439,6 +454,9 @@ class OOTDiffusionPipeline(DiffusionPipeline):
 
         As in the published code, a 1-step Karras schedule starts and ends at sigma_max, so
         `num_inference_steps=1` returns the initial noise inside the mask: use 2 or more.
+
+        `garment_image_embeds`: the garment's CLIP embedding from `garment_image_embeds()` at the
+        same height and width, when the caller computed it already (no second vision pass).
         """
         self.check_inputs(
             person, garment, mask, category, num_inference_steps, image_guidance_scale,
@@ -464,7 +482,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             mask = mask.resize(size, PIL.Image.NEAREST)
         masked_person = masked_person_image(person, mask)
 
-        prompt_embeds = self.encode_prompt(garment, category).to(device, dtype)
+        prompt_embeds = self.encode_prompt(garment, category, garment_image_embeds).to(device, dtype)
         garment_latents = self.encode_image(garment).to(dtype)
         person_latents = self.encode_image(masked_person).to(dtype)
         original_latents = self.encode_image(person).to(dtype)

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import runpod
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from core.images import WHITE
-from core.vocabulary import MODEL_FRAME
+from core.vocabulary import AUTO, MODEL_FRAME, auto_model_type, category_name, unsupported
 from preprocess import PreprocessError
 from preprocess.images import load_mask, load_rgb
 from storage import OutputFile, store_outputs
@@ -51,6 +52,7 @@ from worker.runtime import Runtime, house_model_photos
 from worker.schema import TryOnRequest, parse_request
 
 if TYPE_CHECKING:
+    from ootd.classify import CategoryGuess
     from preprocess.preprocessor import GarmentResult
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     if request.fit == "pad":
         person, user_mask, pad = _pad(person, user_mask)
 
-    outputs, mask_image, worn = _generate(
+    outputs, mask_image, worn, request, guess = _generate(
         runtime, request, person, garment, user_mask, progress, settings, timings
     )
     if pad is not None:
@@ -127,6 +129,8 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
         "category": request.category,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
+    if guess is not None:
+        result["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
     if worn is not None:
         result["garment_photo_type"] = worn.photo_type
     if mask_entry is not None:
@@ -205,11 +209,15 @@ def _generate(
     progress: ProgressSink,
     settings: Settings,
     timings: dict[str, float],
-) -> tuple[list[Image.Image], Image.Image, GarmentResult | None]:
-    """Garment (when not flat), mask, then diffusion: the GPU stages, where CUDA can run out of
-    memory or fail. Returns the images, the mask and the prepared garment (None when flat)."""
+) -> tuple[list[Image.Image], Image.Image, GarmentResult | None, TryOnRequest, CategoryGuess | None]:
+    """Category (when "auto"), garment (when not flat), mask, then diffusion: the GPU stages,
+    where CUDA can run out of memory or fail. Returns the images, the mask, the prepared garment
+    (None when flat), the request with its category and model type decided, and the guess."""
     try:
-        worn = None
+        worn = guess = embeds = None
+        if request.category == AUTO:
+            with _stage(timings, "classify"):
+                request, guess, embeds = _classify(runtime, request, garment)
         if request.garment_photo_type != "flat":
             with _stage(timings, "garment"):
                 worn = _garment(runtime, request, garment)
@@ -223,8 +231,10 @@ def _generate(
                 raise InputError(f"{'mask' if user_mask is not None else 'person'}: {error}") from None
         with _stage(timings, "diffusion"):
             every = settings.progress_every
-            outputs = _diffuse(runtime, request, prepared.person, garment, prepared.mask, progress, every)
-        return outputs, prepared.mask, worn
+            outputs = _diffuse(
+                runtime, request, prepared.person, garment, prepared.mask, progress, every, embeds
+            )
+        return outputs, prepared.mask, worn, request, guess
     except Exception as error:
         failure = classify_gpu_failure(error)
         if failure is None:
@@ -242,6 +252,29 @@ def _generate(
     raise GpuFailureJobError(
         f"the GPU failed ({detail}); send the job again (this worker will be restarted)"
     )
+
+
+def _classify(
+    runtime: Runtime, request: TryOnRequest, garment: Image.Image
+) -> tuple[TryOnRequest, CategoryGuess, torch.Tensor]:
+    """Decide category "auto" (and model type "auto") from the garment's CLIP image embedding,
+    the one the pipeline conditions on: it is returned to be passed on, not computed again."""
+    if runtime.classifier is None:
+        raise InputError("category 'auto' is not available on this worker; name the category")
+    # Every pipeline shares one CLIP image encoder: any of them gives the same embedding.
+    pipe = runtime.pipelines.get(request.model_type) or next(iter(runtime.pipelines.values()))
+    width, height = request.size
+    with torch.inference_mode():
+        embeds = pipe.garment_image_embeds(garment, height=height, width=width)
+    guess = runtime.classifier.classify(embeds)
+    category = category_name(guess.category)
+    model_type = request.model_type
+    if model_type == AUTO:
+        model_type = auto_model_type(category, runtime.model_types)
+    problem = unsupported(model_type, category) if model_type else f"no model for {category} is loaded"
+    if problem:
+        raise InputError(f"category 'auto' found a {category} garment, but {problem}")
+    return replace(request, category=category, model_type=model_type), guess, embeds
 
 
 def _garment(runtime: Runtime, request: TryOnRequest, garment: Image.Image) -> GarmentResult:
@@ -285,6 +318,7 @@ def _diffuse(
     mask: Image.Image,
     progress: ProgressSink,
     every: int,
+    garment_image_embeds: torch.Tensor | None = None,
 ) -> list[Image.Image]:
     """Run the pipeline, reporting progress every `every` steps (never on the last one)."""
 
@@ -309,6 +343,7 @@ def _diffuse(
             width=width,
             output_type="pil",
             callback_on_step_end=on_step_end,
+            garment_image_embeds=garment_image_embeds,
         ).images
 
 

@@ -33,6 +33,7 @@ class Runtime:
     pipelines: Mapping[str, Any]
     preprocessor: Any
     load_seconds: float
+    classifier: Any = None  # `ootd.classify.GarmentClassifier` for category "auto"; None: refused
 
     @property
     def model_types(self) -> tuple[str, ...]:
@@ -45,6 +46,7 @@ def load_runtime(settings: Settings) -> Runtime:
     for line in sources.describe():
         log.info("weights: %s", line)
     from ootd import load_pipelines
+    from ootd.classify import GarmentClassifier
     from preprocess import Preprocessor
 
     start = time.perf_counter()
@@ -52,9 +54,12 @@ def load_runtime(settings: Settings) -> Runtime:
         sources.diffusion.folder, model_types=settings.model_types, clip_dir=sources.clip.folder
     )
     preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
+    # The category prompts are embedded once, here; CLIP's text tower is not kept afterwards.
+    shared = next(iter(pipelines.values()))
+    classifier = GarmentClassifier.from_clip(sources.clip.folder, shared.tokenizer, device=shared.device)
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
-    return Runtime(pipelines=pipelines, preprocessor=preprocessor, load_seconds=seconds)
+    return Runtime(pipelines, preprocessor, seconds, classifier=classifier)
 
 
 _lock = threading.Lock()

@@ -16,11 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.vocabulary import (
+    AUTO,
     CATEGORIES,
     GARMENT_PHOTO_TYPES,
     MODEL_TYPES,
     PUBLISHED_NAMES,
     Size,
+    auto_model_type,
     category_name,
     parse_size,
     unsupported,
@@ -116,7 +118,8 @@ class TryOnRequest:
 
     @property
     def pipeline_category(self) -> str:
-        """The published name of the category (what the pipeline and the mask rules say)."""
+        """The published name of the category (what the pipeline and the mask rules say); the
+        category must be decided ("auto" is resolved by the job before any model runs)."""
         return PUBLISHED_NAMES[self.category]
 
 
@@ -159,12 +162,25 @@ def parse_request(
     if fields.get("mask") is not None:
         out["mask"] = _image_ref(fields, "mask", errors)
 
-    model_type = out["model_type"] = _choice(fields, "model_type", MODEL_TYPES, errors, lower=True)
+    model_type = out["model_type"] = _choice(fields, "model_type", (*MODEL_TYPES, AUTO), errors, lower=True)
     category = out["category"] = _category(fields, errors)
-    if model_type is not None and model_type not in loaded_model_types:
+    out["garment_photo_type"] = _choice(fields, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True)
+    if category == AUTO and fields.get("model_type") is None:
+        model_type = out["model_type"] = AUTO  # a detected category picks its model too
+    if category == AUTO and out["garment_photo_type"] not in (None, "flat"):
+        errors.append(
+            "category 'auto' needs a flat garment photo (garment_photo_type 'flat'): a person wears "
+            "several garments at once, so name the category of the one to try on"
+        )
+    if model_type == AUTO and category not in (None, AUTO):
+        model_type = out["model_type"] = auto_model_type(category, loaded_model_types)
+        if model_type is None:
+            errors.append(f"model_type 'auto': no model for category {category!r} is loaded on this worker")
+    if model_type not in (None, AUTO) and model_type not in loaded_model_types:
         loaded = ", ".join(loaded_model_types)
         errors.append(f"model_type {model_type!r} is not loaded on this worker (loaded: {loaded})")
-    if model_type is not None and category is not None and (problem := unsupported(model_type, category)):
+    decided = model_type not in (None, AUTO) and category not in (None, AUTO)
+    if decided and (problem := unsupported(model_type, category)):
         errors.append(problem)
     out["steps"] = _integer(fields, "steps", *STEPS_RANGE, errors)
     out["samples"] = _integer(fields, "samples", *SAMPLES_RANGE, errors)
@@ -173,7 +189,6 @@ def parse_request(
     out["output_format"] = _choice(fields, "output_format", OUTPUT_FORMATS, errors, lower=True)
     out["resolution"] = _choice(fields, "resolution", (*RESOLUTIONS, *extra_resolutions), errors)
     out["fit"] = _choice(fields, "fit", FITS, errors, lower=True)
-    out["garment_photo_type"] = _choice(fields, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True)
     out["return_mask"] = _boolean(fields, "return_mask", errors)
 
     if errors:
@@ -332,10 +347,13 @@ def _category(fields: _Fields, errors: list[str]) -> str | None:
     value = fields.get("category")
     if value is None:
         return FIELDS["category"]
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     name = category_name(value)
     if name is not None:
         return name
-    errors.append(f"category must be one of {', '.join(CATEGORIES)} (or 0, 1, 2), not {quote(value)}")
+    choices = ", ".join((*CATEGORIES, AUTO))
+    errors.append(f"category must be one of {choices} (or 0, 1, 2), not {quote(value)}")
     return None
 
 
