@@ -171,7 +171,9 @@ def near_valid(field: str, *, cheap: bool) -> st.SearchStrategy:
     if field == "fit":
         return st.sampled_from([*FITS, "PAD", "crop"])
     if field == "garment_photo_type":
-        return st.sampled_from([*GARMENT_PHOTO_TYPES, "MODEL", "worn"])
+        # Through the handler only "flat": the tiny tree's random parser finds no worn garment,
+        # so "model" ends every job in the same error (tests/test_garment_photo.py covers it).
+        return st.sampled_from(["flat", "FLAT", "worn"] if cheap else [*GARMENT_PHOTO_TYPES, "MODEL", "worn"])
     if field == "return_mask":
         return st.booleans() | st.sampled_from([0, 1, "true"])
     raise AssertionError(f"no strategy for field {field}")
