@@ -49,6 +49,7 @@ ARG WEIGHTS_DTYPE=fp16
 ARG OOTD_REVISION=main
 ARG CLIP_REVISION=main
 COPY builder/ builder/
+COPY core/vocabulary.py core/vocabulary.py
 COPY ootd/layout.py ootd/layout.py
 COPY preprocess/layout.py preprocess/layout.py
 RUN --mount=type=secret,id=hf_token,required=false \
@@ -65,6 +66,7 @@ ENV HF_HUB_OFFLINE=1 \
 # The project last (it changes most often). test_input.json sits in the working directory,
 # where the runpod SDK looks for it when started without RunPod's environment.
 COPY handler.py test_input.json ./
+COPY core/ core/
 COPY worker/ worker/
 COPY ootd/ ootd/
 COPY preprocess/ preprocess/

@@ -130,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = args.checkpoints
         if root is None:
-            from ootd.tiny import write_tiny_ootd_checkpoints
+            from tiny_checkpoints.diffusion import write_tiny_ootd_checkpoints
 
             root = Path(scratch)
             write_tiny_ootd_checkpoints(root)

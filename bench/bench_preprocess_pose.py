@@ -25,7 +25,7 @@ from PIL import Image
 from preprocess.errors import NoPersonDetectedError
 from preprocess.pose import BodyPoseEstimator, BodyPoseNet
 from preprocess.pose_decode import decode_body_pose
-from preprocess.tiny_pose import published_weight_shapes, random_body_pose_state_dict
+from tiny_checkpoints.pose import published_weight_shapes, random_body_pose_state_dict
 
 T = TypeVar("T")
 PERSON = Path(__file__).resolve().parent.parent / "assets" / "models" / "0_astronaut.png"

@@ -842,7 +842,7 @@ def main(argv: list[str] | None = None) -> str:
         **versions(),
         "networks": "published architectures, full size, random weights" if args.size == "full" else "tiny",
         "dtype (UNets, VAE)": str(dtype).removeprefix("torch."),
-        "tokenizer": "tiny (ootd.tiny; ids within CLIP's vocabulary, same prompt lengths)",
+        "tokenizer": "tiny (tiny_checkpoints.diffusion; ids within CLIP's vocabulary, same prompt lengths)",
         "mask": "fixed torso rectangle (random parsing gives no garment region)",
         "repetitions": args.reps,
     }

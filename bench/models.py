@@ -5,11 +5,12 @@ every network from the published architecture: the SD-1.5 UNet (garment UNet wit
 channels, try-on UNet with 8; cross-attention width 768), the SD VAE, CLIP ViT-L/14 (both towers,
 as the hub file holds them) and SD-1.5's text encoder, the OpenPose body network and the two
 SCHP-shaped parsing graphs. Random weights cost the same arithmetic as the real ones. The files
-are written by the same savers as the tiny tree (`ootd.tiny`), so the production loaders read
-them exactly as they read the published tree.
+are written by the same savers as the tiny tree (`tiny_checkpoints.diffusion`), so the production
+loaders read them exactly as they read the published tree.
 
-The tokenizer is the tiny one of `ootd.tiny`: its ids lie inside CLIP's 49408-token vocabulary,
-and the prompts are 2-3 tokens long whatever the vocabulary, so the text encoder does the same work.
+The tokenizer is the tiny one of `tiny_checkpoints.diffusion`: its ids lie inside CLIP's
+49408-token vocabulary, and the prompts are 2-3 tokens long whatever the vocabulary, so the text
+encoder does the same work.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
-from ootd.tiny import BOS, EOS, build_tokenizer_files, save_clip, save_text_encoder, save_unet, save_vae
 from preprocess.labels import ATR_NUM_CLASSES, LIP_NUM_CLASSES
 from preprocess.layout import BODY_POSE, PARSING_ATR, PARSING_LIP
+from tiny_checkpoints.diffusion import (
+    BOS,
+    EOS,
+    build_tokenizer_files,
+    save_clip,
+    save_text_encoder,
+    save_unet,
+    save_vae,
+)
 
 UNET_IN_CHANNELS: dict[str, int] = {"unet_garm": 4, "unet_vton": 8}
 """The garment UNet sees the garment latent; the try-on UNet the noisy latent + the masked person."""
@@ -109,9 +118,9 @@ def unet_like(folder: Path) -> UNet2DConditionModel:
 
 def write_full_ootd(root: Path, model_type: str, device: torch.device | str = "cpu") -> None:
     """Overwrite the VAE, text encoder, CLIP and `model_type`'s two UNets under `root` (a tree
-    written by `ootd.tiny`, which supplies the tokenizer, scheduler and configs) with full-size,
-    randomly initialised networks in the hub's formats. One network at a time is in memory; each
-    is built on `device` (initialising 0.9 G parameters takes a fraction of a second on a GPU,
+    written by `tiny_checkpoints.diffusion`, which supplies the tokenizer, scheduler and configs)
+    with full-size, randomly initialised networks in the hub's formats. One network at a time is
+    in memory; each is built on `device` (initialising 0.9 G parameters takes a fraction of a second on a GPU,
     tens of seconds on two CPU cores) and saved from the CPU."""
     root = Path(root)
     for which in UNET_IN_CHANNELS:
@@ -137,7 +146,7 @@ def write_full_preprocess(root: Path) -> None:
     """The OpenPose body network (random, published widths) and both parsing graphs (random,
     SCHP-shaped, exported to ONNX) at their published paths under `root`."""
     from bench.bench_preprocess_parsing import export
-    from preprocess.tiny_pose import published_weight_shapes, random_body_pose_state_dict
+    from tiny_checkpoints.pose import published_weight_shapes, random_body_pose_state_dict
 
     root = Path(root)
     pose = root / BODY_POSE
@@ -160,7 +169,7 @@ def parameter_counts() -> dict[str, int]:
     """
     from bench.bench_preprocess_parsing import SchpLike
     from preprocess.pose import BodyPoseNet
-    from preprocess.tiny_pose import published_weight_shapes
+    from tiny_checkpoints.pose import published_weight_shapes
 
     with torch.device("meta"):
         counts = {which: _numel(unet(which)) for which in UNET_IN_CHANNELS}

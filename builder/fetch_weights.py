@@ -38,9 +38,9 @@ from builder.plan import (
     HubFile,
     baked_files,
     check_bake,
-    parse_model_types,
     weight_plan,
 )
+from core.vocabulary import parse_model_types
 from ootd.layout import missing_files, present_form
 
 logger = logging.getLogger("builder.fetch_weights")

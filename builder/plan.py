@@ -14,10 +14,8 @@ from ootd.layout import (
     CLIP_DIR,
     CLIP_FILES,
     CLIP_REPO,
-    MODEL_TYPES,
     OOTD_REPO,
     OOTD_REPO_FOLDER,
-    check_model_type,
     ootd_files,
 )
 from preprocess.layout import PREPROCESS_FILES
@@ -37,14 +35,6 @@ class HubFile:
     filename: str  # path inside the hub repo
     dest: str  # path relative to the checkpoints root
     revision: str = "main"
-
-
-def parse_model_types(text: str) -> tuple[str, ...]:
-    """`"hd,dc"` -> `("hd", "dc")`; raises ValueError naming an unknown type or an empty list."""
-    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
-    if not names:
-        raise ValueError(f"no model type given; choose from {', '.join(MODEL_TYPES)}")
-    return tuple(check_model_type(name) for name in names)
 
 
 def required_files(model_types: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""OOTDiffusion virtual try-on on stock diffusers: the pipeline, its loader and the tiny checkpoints.
+"""OOTDiffusion virtual try-on on stock diffusers: the pipeline and its loader.
 
 Import cost matters for the worker's cold start, but everything here needs torch and diffusers
 anyway, so the public names are imported eagerly. This package must stay free of the worker's

@@ -1,9 +1,9 @@
 """`python -m ootd.demo`: one try-on from image files, straight through the pipeline.
 
 A debugging aid below the worker: it needs a person photo, a garment photo and a ready mask (the
-worker's handler computes masks itself). With `--write-tiny` a missing checkpoint tree is first
-written with random tiny weights, so the command works on a fresh machine (the output is then
-noise-like, but every stage runs).
+worker's handler computes masks itself). On a fresh machine, write a tiny random tree first
+(`python -m tiny_checkpoints DIR`, from a source checkout: the writers are not in the image); the
+output is then noise-like, but every stage runs.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from core.vocabulary import MODEL_FRAME, Size, parse_size
 from ootd import layout
 from ootd.pipeline import CATEGORIES, OOTDiffusionPipeline
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'768x1024' -> (768, 1024) as (width, height)."""
+def _size(text: str) -> Size:
+    """'1024x768' (HxW, like the worker's resolution) -> Size(768, 1024)."""
     try:
-        width, height = (int(part) for part in text.lower().split("x"))
+        return parse_size(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"size must look like 768x1024 (WxH), not {text!r}") from error
-    return width, height
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,14 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=float, default=2.0, help="image guidance scale")
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=_size, default=(768, 1024), help="WxH, multiples of 64")
-    parser.add_argument("--write-tiny", action="store_true", help="write tiny random checkpoints if missing")
+    parser.add_argument("--size", type=_size, default=MODEL_FRAME, help="HxW, multiples of 64")
     args = parser.parse_args(argv)
 
-    if args.write_tiny and layout.missing_files(args.checkpoints, layout.ootd_files((args.model_type,))):
-        from ootd.tiny import write_tiny_ootd_checkpoints
-
-        write_tiny_ootd_checkpoints(args.checkpoints)
     start = time.perf_counter()
     pipe = OOTDiffusionPipeline.from_checkpoints(args.checkpoints, model_type=args.model_type)
     loaded = time.perf_counter()

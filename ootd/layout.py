@@ -3,10 +3,12 @@
 The root is the published `checkpoints/` folder of the hub repo `levihsu/OOTDiffusion`
 with `clip-vit-large-patch14/` (hub repo `openai/clip-vit-large-patch14`) beside `ootd/`.
 The loader, the tiny-checkpoint writer and the Docker weight builder all read these names
-from here so that they can never disagree.
+from here so that they can never disagree. The model types are `core.vocabulary`'s.
 """
 
 from pathlib import Path
+
+from core.vocabulary import MODEL_TYPES, check_model_type
 
 # The hub repos the published weights come from: the checkpoints root is the `checkpoints/`
 # folder of the OOTD repo; the CLIP image encoder's files sit at the root of its own repo.
@@ -14,7 +16,7 @@ OOTD_REPO = "levihsu/OOTDiffusion"
 OOTD_REPO_FOLDER = "checkpoints"
 CLIP_REPO = "openai/clip-vit-large-patch14"
 
-MODEL_TYPES: tuple[str, ...] = ("hd", "dc")
+__all__ = ["MODEL_TYPES", "check_model_type"]  # re-exported: the folder names are the model types
 CHECKPOINT_STEP = "checkpoint-36000"
 
 OOTD_DIR = "ootd"
@@ -89,13 +91,6 @@ def ootd_files(model_types: tuple[str, ...] | list[str] = MODEL_TYPES) -> tuple[
 def diffusion_files(model_types: tuple[str, ...] | list[str] = MODEL_TYPES) -> tuple[str, ...]:
     """`ootd_files` without CLIP's: the part that comes from the OOTD repo (CLIP may sit apart)."""
     return tuple(name for name in ootd_files(model_types) if name not in CLIP_FILES)
-
-
-def check_model_type(model_type: str) -> str:
-    """Return `model_type` if it is a published one, else raise ValueError naming it."""
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, not {model_type!r}")
-    return model_type
 
 
 def accepted_forms(name: str) -> tuple[str, ...]:

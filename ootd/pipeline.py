@@ -41,11 +41,13 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from core.images import WHITE, flatten
+from core.vocabulary import MODEL_FRAME, PUBLISHED_CATEGORIES, check_published
 from ootd import layout
 from ootd.fusion import GarmentFusion
 from ootd.garment_cache import GarmentCache, GarmentConditioning, garment_key
 
-CATEGORIES: tuple[str, ...] = ("upper_body", "lower_body", "dresses")
+CATEGORIES = PUBLISHED_CATEGORIES  # the pipeline speaks the published code's names
 # The words the published DC model was conditioned on; only the first BPE piece survives the
 # 3-token truncation ("upperbody" -> "upper"), exactly as in the published code.
 DC_PROMPT_WORDS: dict[str, str] = {"upper_body": "upperbody", "lower_body": "lowerbody", "dresses": "dress"}
@@ -226,11 +228,7 @@ def load_unets(
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """RGB copy of any PIL image; transparency is flattened onto white (the published code would
     have fed 4 channels to the VAE, and garments are shot on white)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
+    return flatten(image, WHITE)
 
 
 def masked_person_image(person: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
@@ -329,13 +327,27 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         ).input_ids
         return self.text_encoder(ids.to(device))[0]
 
-    def encode_prompt(self, garment: PIL.Image.Image, category: str) -> torch.Tensor:
-        """(1, T, D) float32 prompt embeddings of one request: HD T=2, DC T=4 (see module doc)."""
-        device = self.text_encoder.device
+    def garment_image_embeds(
+        self, garment: PIL.Image.Image, height: int = MODEL_FRAME.height, width: int = MODEL_FRAME.width
+    ) -> torch.Tensor:
+        """(1, D) projected CLIP image embedding of the garment, exactly as `__call__` computes it
+        for `height` x `width` (the garment is first stretched to that size). Pass it back as
+        `garment_image_embeds` to reuse it (e.g. after classifying the garment with it)."""
+        garment = to_rgb(garment).resize((width, height), PIL.Image.BICUBIC)
         pixels = self.image_processor(images=garment, return_tensors="pt").pixel_values
-        image_embeds = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds.unsqueeze(
-            1
-        )
+        device = self.text_encoder.device
+        return self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds
+
+    def encode_prompt(
+        self, garment: PIL.Image.Image, category: str, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(1, T, D) float32 prompt embeddings of one request: HD T=2, DC T=4 (see module doc).
+        `image_embeds`: the garment's (1, D) CLIP embedding when already computed."""
+        device = self.text_encoder.device
+        if image_embeds is None:
+            pixels = self.image_processor(images=garment, return_tensors="pt").pixel_values
+            image_embeds = self.image_encoder(pixels.to(device, self.image_encoder.dtype)).image_embeds
+        image_embeds = image_embeds.to(device).unsqueeze(1)
         if self.model_type == "hd":
             states = self._text_states("", HD_PROMPT_LENGTH, device).clone()
             states[:, 1:] = image_embeds
@@ -373,13 +385,10 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`mask` must be a PIL image of mode 'L' (255 = repaint), got mode {mask.mode!r}"
             )
-        if category not in CATEGORIES:
-            raise ValueError(f"`category` must be one of {', '.join(CATEGORIES)}, got {category!r}")
-        if self.model_type == "hd" and category != "upper_body":
-            raise ValueError(
-                f"`category` {category!r} is not supported by the HD model, which supports only upper_body; "
-                "use model_type 'dc' for lower_body and dresses"
-            )
+        try:
+            check_published(self.model_type, category)
+        except ValueError as error:
+            raise ValueError(f"`category`: {error}") from None
         if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_STEPS:
             raise ValueError(
                 f"`num_inference_steps` must be an integer in 1..{MAX_STEPS}, got {num_inference_steps!r}"
@@ -432,11 +441,12 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         image_guidance_scale: float = 2.0,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | int | None = None,
-        height: int = 1024,
-        width: int = 768,
+        height: int = MODEL_FRAME.height,
+        width: int = MODEL_FRAME.width,
         output_type: str = "pil",
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        garment_image_embeds: torch.Tensor | None = None,
     ) -> ImagePipelineOutput:
         """Dress `person` in `garment` inside `mask` (PIL "L", 255 = repaint).
 
@@ -449,6 +459,9 @@ class OOTDiffusionPipeline(DiffusionPipeline):
 
         As in the published code, a 1-step Karras schedule starts and ends at sigma_max, so
         `num_inference_steps=1` returns the initial noise inside the mask: use 2 or more.
+
+        `garment_image_embeds`: the garment's CLIP embedding from `garment_image_embeds()` at the
+        same height and width, when the caller computed it already (no second vision pass).
         """
         self.check_inputs(
             person, garment, mask, category, num_inference_steps, image_guidance_scale,
@@ -479,7 +492,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         if cached is not None:
             prompt_embeds, garment_latents = cached.prompt_embeds, cached.garment_latents
         else:
-            prompt_embeds = self.encode_prompt(garment, category).to(device, dtype)
+            prompt_embeds = self.encode_prompt(garment, category, garment_image_embeds).to(device, dtype)
             garment_latents = self.encode_image(garment).to(dtype)
         person_latents = self.encode_image(masked_person).to(dtype)
         original_latents = self.encode_image(person).to(dtype)

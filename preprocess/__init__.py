@@ -7,7 +7,7 @@ everything that pulls in OpenCV, onnxruntime or torch loads on first attribute a
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from preprocess.errors import NoGarmentRegionError, NoPersonDetectedError, PreprocessError
+from preprocess.errors import NoGarmentRegionError, NoPersonDetectedError, NoWornGarmentError, PreprocessError
 
 if TYPE_CHECKING:
     from preprocess.images import load_rgb
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NoGarmentRegionError",
     "NoPersonDetectedError",
+    "NoWornGarmentError",
     "PreprocessError",
     "PreprocessResult",
     "Preprocessor",

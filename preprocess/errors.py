@@ -18,3 +18,7 @@ class NoPersonDetectedError(PreprocessError):
 
 class NoGarmentRegionError(PreprocessError):
     """The parse map has no pixel of the garment region to repaint for this category."""
+
+
+class NoWornGarmentError(PreprocessError):
+    """A garment photographed on a person: the parse map has no pixel of the garment to cut out."""

@@ -10,8 +10,9 @@ them. The published code simply opened the file, so every such photo failed or d
 import numpy as np
 from PIL import Image, ImageOps
 
+from core.images import BLACK, WHITE, flatten, has_alpha
+
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 def load_rgb(image: Image.Image) -> Image.Image:
@@ -25,8 +26,8 @@ def load_rgb(image: Image.Image) -> Image.Image:
         return image.copy()
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return _to_8bit_grey(image).convert("RGB")
-    if _has_alpha(image):
-        return _flatten(image, (255, 255, 255)).convert("RGB")
+    if has_alpha(image):
+        return flatten(image, WHITE)
     # CMYK, YCbCr, LAB, HSV, L, 1, P without transparency, RGBX: Pillow's own conversions.
     return image.convert("RGB")
 
@@ -40,19 +41,9 @@ def load_mask(image: Image.Image) -> Image.Image:
     image = _upright(image)
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return _to_8bit_grey(image)
-    if _has_alpha(image):
-        return _flatten(image, (0, 0, 0)).convert("L")
+    if has_alpha(image):
+        return flatten(image, BLACK).convert("L")
     return image.convert("L")
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
-
-
-def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Composite an image with transparency over an opaque `background` colour (RGBA result)."""
-    rgba = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba)
 
 
 def _upright(image: Image.Image) -> Image.Image:

@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.vocabulary import PUBLISHED_CATEGORIES, check_model_type
 from preprocess import labels as L
 from preprocess.errors import NoGarmentRegionError
 
-CATEGORIES: tuple[str, ...] = ("upper_body", "lower_body", "dresses")
+CATEGORIES = PUBLISHED_CATEGORIES  # the published names: the tables below are keyed by them
 
 ARM_WIDTH = {"hd": 60, "dc": 45}
 """Arm band width in pixels of a 512-pixel-high parse map (HD half-body photos have wider arms)."""
@@ -81,8 +82,7 @@ def agnostic_mask(
     parse = np.asarray(parse)
     if parse.ndim != 2:
         raise ValueError(f"parse must be a 2-D label map, got shape {parse.shape}")
-    if model_type not in ARM_WIDTH:
-        raise ValueError(f"model_type must be 'hd' or 'dc', not {model_type!r}")
+    check_model_type(model_type)
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
     points = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from core.images import WHITE, flatten
 from preprocess.pose_decode import HEATMAP_CHANNELS, PAF_CHANNELS, first_person_keypoints
 
 STAGES = 6
@@ -217,11 +218,7 @@ def full_fp32_convolutions() -> Iterator[None]:
 
 def rgb_array(image: Image.Image) -> np.ndarray:
     """uint8 (H, W, 3) RGB, with transparency composited onto white like the annotator's HWC3."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[:, :, 3:4] / 255.0
-        return (rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(flatten(image, WHITE), dtype=np.uint8)
 
 
 class BodyPoseEstimator:

@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from core.vocabulary import GARMENT_PHOTO_TYPES, MODEL_FRAME, check_published
 from preprocess.errors import PreprocessError
+from preprocess.garment import extract_garment, person_in_parse
 from preprocess.images import load_mask, load_rgb
 from preprocess.layout import BODY_POSE
-from preprocess.mask import ARM_WIDTH, CATEGORIES, agnostic_mask
+from preprocess.mask import agnostic_mask
 from preprocess.parsing import PARSE_SIZE, HumanParser
 
 if TYPE_CHECKING:
     import torch
 
-OUTPUT_SIZE = (768, 1024)
-"""(width, height) the published models work at, and the default mask size."""
+OUTPUT_SIZE = MODEL_FRAME
+"""The published models' frame, (width, height): the default mask size."""
 
 PoseEstimator = Callable[[Image.Image], np.ndarray]
 Parser = Callable[[Image.Image], np.ndarray]
@@ -44,14 +46,16 @@ class PreprocessResult:
     """The person photo as the pipeline must use it: upright 8-bit RGB, resized to the mask size."""
 
 
-def check_request(model_type: str, category: str) -> None:
-    """Reject combinations the published models were not trained for (HD is upper body only)."""
-    if model_type not in ARM_WIDTH:
-        raise ValueError(f"model_type must be 'hd' or 'dc', not {model_type!r}")
-    if category not in CATEGORIES:
-        raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, not {category!r}")
-    if model_type == "hd" and category != "upper_body":
-        raise ValueError(f"the hd model only supports category 'upper_body', not {category!r}; use 'dc'")
+@dataclass(frozen=True)
+class GarmentResult:
+    """The garment as the pipeline must use it, and how it was photographed."""
+
+    image: Image.Image
+    """Upright 8-bit RGB: the photo itself when flat, the cut-out garment (3:4, on white) when worn."""
+    photo_type: str
+    """"flat" or "model": what was used ("auto" resolved)."""
+    parse: np.ndarray | None
+    """uint8 (512, 384) label map of the garment photo; None when it was not parsed ("flat")."""
 
 
 class Preprocessor:
@@ -83,6 +87,29 @@ class Preprocessor:
         providers = ["CPUExecutionProvider"] if on_cpu else None
         return cls(pose=pose, parser=HumanParser.from_checkpoints(root, providers=providers, threads=threads))
 
+    def garment(self, garment: Image.Image, category: str, photo_type: str = "flat") -> GarmentResult:
+        """Prepare the garment photo: as it is ("flat"), cut out of a person's photo ("model"),
+        or whichever of the two the parse says ("auto": "model" when a person is found).
+
+        Raises `NoWornGarmentError` (a `PreprocessError`) when a worn garment of `category`
+        (a published name) is not found, ValueError for an unknown `photo_type`.
+        """
+        if photo_type not in GARMENT_PHOTO_TYPES:
+            choices = ", ".join(GARMENT_PHOTO_TYPES)
+            raise ValueError(f"photo_type must be one of {choices}, not {photo_type!r}")
+        image = load_rgb(garment)
+        if photo_type == "flat":
+            return GarmentResult(image=image, photo_type="flat", parse=None)
+        if self.parser is None:
+            raise RuntimeError("this Preprocessor was built without a parsing network: send flat garments")
+        # The person's chain: the published frame, then the parser's input size.
+        bicubic = Image.Resampling.BICUBIC
+        small = image.resize(OUTPUT_SIZE, bicubic).resize(PARSE_SIZE, bicubic)
+        parse = np.asarray(self.parser(small), dtype=np.uint8)
+        if photo_type == "auto" and not person_in_parse(parse):
+            return GarmentResult(image=image, photo_type="flat", parse=parse)
+        return GarmentResult(image=extract_garment(image, parse, category), photo_type="model", parse=parse)
+
     def __call__(
         self,
         person: Image.Image,
@@ -96,7 +123,7 @@ class Preprocessor:
         Raises `NoPersonDetectedError` / `NoGarmentRegionError` (both `PreprocessError`, a
         ValueError) when the photo cannot be used, ValueError for a bad model_type/category.
         """
-        check_request(model_type, category)
+        check_published(model_type, category)
         size = (int(size[0]), int(size[1]))
         # Stretched like the published script: the caller decides about aspect ratio beforehand.
         upright = load_rgb(person)

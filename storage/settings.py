@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from runpod.serverless.utils.rp_ssrf import resolve_and_validate
 
+from core.jsontypes import json_type
+
 DEFAULT_REGION = "us-east-1"
 # SigV4 presigned URLs cannot live longer than 7 days.
 MAX_PRESIGNED_EXPIRY = 7 * 24 * 3600
@@ -162,7 +164,7 @@ def _job_settings(s3_config: object) -> dict:
     if not isinstance(s3_config, Mapping):
         raise StorageConfigError(
             "s3Config must be a JSON object (endpointUrl, accessId, accessSecret, bucketName), "
-            f"not {_json_type(s3_config)}"
+            f"not {json_type(s3_config)}"
         )
     keys = ("endpointUrl", "accessId", "accessSecret", "bucketName")
     # Named, never shown: the values are credentials (and str() of a huge number would raise).
@@ -182,18 +184,6 @@ def _job_settings(s3_config: object) -> dict:
         "secret_access_key": values["accessSecret"],
         "source": "s3Config",
     }
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return f"a {type(value).__name__}"
 
 
 def _env_settings(env: Mapping[str, str]) -> dict | None:

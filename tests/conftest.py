@@ -36,7 +36,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ootd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Only the diffusion part of the tiny tree (for tests that need no preprocessing)."""
-    from ootd.tiny import write_tiny_ootd_checkpoints
+    from tiny_checkpoints.diffusion import write_tiny_ootd_checkpoints
 
     root = tmp_path_factory.mktemp("ootd-checkpoints")
     write_tiny_ootd_checkpoints(root, seed=0)

@@ -198,6 +198,11 @@ def test_tests_bench_and_tiny_checkpoints_stay_out_of_the_image(parsed):
     copied = [source for keyword, rest in parsed if keyword in ("COPY", "ADD")
               for source in copy_parts(rest)[0]]  # fmt: skip
     assert not [source for source in copied if source.split("/")[0] in ("tests", "bench", "tiny_checkpoints")]
+    # Nor does any copied package bring a tiny-checkpoint writer along, or reach for one.
+    shipped = [path for source in copied for path in sorted((REPO_ROOT / source).glob("**/*.py"))]
+    assert {"worker", "ootd", "preprocess"} <= {path.relative_to(REPO_ROOT).parts[0] for path in shipped}
+    imports = re.compile(r"^\s*(from|import)\s+tiny_checkpoints\b", re.MULTILINE)
+    assert not [path for path in shipped if "tiny" in path.name or imports.search(path.read_text())]
 
 
 def test_weights_step_sees_only_the_build_context(parsed):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from ootd import layout
-from ootd.tiny import write_tiny_ootd_checkpoints
+from tiny_checkpoints.diffusion import write_tiny_ootd_checkpoints
 
 
 def _digest(root: Path) -> dict[str, str]:

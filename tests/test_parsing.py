@@ -27,7 +27,7 @@ from preprocess.parsing import (
     person_box_affine,
     upsample_align_corners,
 )
-from preprocess.tiny import write_tiny_parsing_onnx
+from tiny_checkpoints.preprocessing import write_tiny_parsing_onnx
 
 H, W = 512, 384
 STEP = 12

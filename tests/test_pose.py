@@ -13,7 +13,7 @@ from torch import nn
 
 from preprocess.errors import NoPersonDetectedError
 from preprocess.pose import BodyPoseEstimator, BodyPoseNet, _published_resize, rgb_array
-from preprocess.tiny_pose import (
+from tiny_checkpoints.pose import (
     SKELETON_GRID,
     published_weight_shapes,
     random_body_pose_state_dict,
@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def published_layers() -> dict[str, tuple[int, int, int]]:
     """The published body network, written out here from the annotator's layer table:
-    name -> (in, out, kernel). Kept independent of preprocess.tiny_pose on purpose."""
+    name -> (in, out, kernel). Kept independent of tiny_checkpoints.pose on purpose."""
     layers = {
         "conv1_1": (3, 64, 3), "conv1_2": (64, 64, 3), "conv2_1": (64, 128, 3), "conv2_2": (128, 128, 3),
         "conv3_1": (128, 256, 3), "conv3_2": (256, 256, 3), "conv3_3": (256, 256, 3),

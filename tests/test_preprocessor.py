@@ -80,8 +80,8 @@ def test_network_path_without_networks_says_so() -> None:
 @pytest.mark.parametrize(
     ("model_type", "category", "message"),
     [
-        ("hd", "lower_body", "only supports category 'upper_body'"),
-        ("hd", "dresses", "only supports category 'upper_body'"),
+        ("hd", "lower_body", "'hd' supports only category 'upper_body'"),
+        ("hd", "dresses", "'hd' supports only category 'upper_body'"),
         ("sd", "upper_body", "model_type"),
         ("dc", "hat", "category"),
     ],

@@ -94,7 +94,7 @@ def test_job_error_is_the_last_line_of_defence() -> None:
 def test_the_issues_examples_stay_short() -> None:
     huge_category = error_for({"category": "x" * 12_000_000, "person_index": 0, "garment": GARMENT})
     assert huge_category == (
-        "invalid input: category must be one of upper_body, lower_body, dress (or 0, 1, 2), not '"
+        "invalid input: category must be one of upper_body, lower_body, dress, auto (or 0, 1, 2), not '"
         + "x" * MAX_QUOTED
         + "…' (12000000 characters)"
     )

@@ -7,13 +7,12 @@ change the environment between jobs without reloading the models.
 """
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.vocabulary import MODEL_TYPES, Size, parse_model_types, parse_size, size_name
 from ootd.garment_cache import DEFAULT_GARMENT_CACHE_MB
-from ootd.layout import MODEL_TYPES
 from worker.house_masks import DEFAULT_HOUSE_MASK_CACHE_MB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -109,26 +108,28 @@ def _optional_path(raw: str | None) -> Path | None:
 
 def _model_types(raw: str) -> tuple[str, ...]:
     """Parse "hd,dc" into ("hd", "dc"), refusing unknown names and an empty list."""
-    names = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
-    unknown = [name for name in names if name not in MODEL_TYPES]
-    if not names or unknown:
+    try:
+        return parse_model_types(raw)
+    except ValueError:
         raise ValueError(
             f"OOTD_MODEL_TYPES must be a comma-separated subset of {', '.join(MODEL_TYPES)}, not {raw!r}"
-        )
-    return names
+        ) from None
 
 
 def _resolutions(raw: str) -> tuple[str, ...]:
     """Parse "256x192,128x96": each "HxW" a 3:4 portrait in multiples of 64 (what the model takes)."""
-    names = tuple(part.strip().lower() for part in raw.split(",") if part.strip())
-    for name in names:
-        match = re.fullmatch(r"(\d+)x(\d+)", name)
-        height, width = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-        if not match or width * 4 != height * 3 or width % 64 or height % 64 or width == 0:
+    names = []
+    for part in (part.strip() for part in raw.split(",") if part.strip()):
+        try:
+            width, height = parse_size(part)
+        except ValueError:
+            width = height = 0
+        if width * 4 != height * 3 or width % 64 or height % 64 or width == 0:
             raise ValueError(
-                f"EXTRA_RESOLUTIONS entries must be HxW, 3:4 and multiples of 64 (like 256x192), not {name!r}"
+                f"EXTRA_RESOLUTIONS entries must be HxW, 3:4 and multiples of 64 (like 256x192), not {part!r}"
             )
-    return names
+        names.append(size_name(Size(width, height)))
+    return tuple(names)
 
 
 _TRUE = ("1", "true", "yes", "on")

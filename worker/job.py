@@ -8,21 +8,33 @@ anything else is a bug and is raised for the SDK to report. Each stage is timed 
 are returned.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import runpod
 import torch
 from PIL import Image
 
+from core.images import WHITE
+from core.vocabulary import (
+    AUTO,
+    MODEL_CATEGORIES,
+    MODEL_FRAME,
+    PUBLISHED_NAMES,
+    auto_model_type,
+    category_name,
+    unsupported,
+)
 from preprocess import PreprocessError, PreprocessResult
 from preprocess.images import load_mask, load_rgb
-from preprocess.preprocessor import check_request
 from storage import OutputFile, store_outputs
 from worker.config import MB, Settings
 from worker.encoding import encode_images
@@ -46,13 +58,14 @@ from worker.images import (
     read_images,
 )
 from worker.runtime import Runtime, house_model_photos
-from worker.schema import CATEGORIES, FIELDS, PIPELINE_CATEGORY, RESOLUTIONS, TryOnRequest, parse_request
+from worker.schema import FIELDS, RESOLUTIONS, TryOnRequest, parse_request
+
+if TYPE_CHECKING:
+    from ootd.classify import CategoryGuess
+    from preprocess.preprocessor import GarmentResult
 
 log = logging.getLogger(__name__)
 
-# What the model was trained on: 3:4 portraits, 768x1024 (width, height).
-MODEL_FRAME = (768, 1024)
-WHITE = (255, 255, 255)
 # fit "pad" refuses photos more than this many times as wide as tall (or tall as wide): the
 # photo would be a thin strip in the frame (8:1 leaves 768x96), and nothing a try-on can use.
 MAX_PAD_RATIO = 8.0
@@ -99,7 +112,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     if request.fit == "pad":
         person, user_mask, pad = _pad(person, user_mask)
 
-    outputs, mask_image = _generate(
+    outputs, mask_image, worn, request, guess = _generate(
         runtime, request, person, garment, user_mask, house_digest, progress, settings, timings
     )
     if pad is not None:
@@ -110,12 +123,17 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
         pictures = [(image, request.output_format) for image in outputs]
         if request.return_mask:
             pictures.append((mask_image, "png"))
+        # A garment cut out of a person's photo is returned beside the mask: what the model saw.
+        cut_out = worn is not None and worn.photo_type == "model" and request.return_mask
+        if cut_out:
+            pictures.append((worn.image, "png"))
         encoded = encode_images(pictures)
+        encoded_garment = encoded.pop() if cut_out else None
         encoded_mask = encoded.pop() if request.return_mask else None
 
     with _stage(timings, "store"):
-        images, mask_entry, warnings = _store(
-            job_id, request, encoded, encoded_mask, job.get("s3Config") or None
+        images, mask_entry, garment_entry, warnings = _store(
+            job_id, request, encoded, encoded_mask, encoded_garment, job.get("s3Config") or None
         )
 
     timings["total"] = time.perf_counter() - started
@@ -126,8 +144,14 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
         "category": request.category,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
+    if guess is not None:
+        result["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
+    if worn is not None:
+        result["garment_photo_type"] = worn.photo_type
     if mask_entry is not None:
         result["mask"] = mask_entry
+    if garment_entry is not None:
+        result["garment"] = garment_entry
     if warnings:
         result["warnings"] = warnings
     _check_size(result, settings, warnings)
@@ -188,7 +212,7 @@ def _pad(
 ) -> tuple[Image.Image, Image.Image | None, PadBox]:
     """Fit the person photo (and the caller's mask, aligned with it) into the model's frame.
 
-    Always the published 768x1024, not the requested resolution: the preprocessor derives its
+    Always the published frame (`MODEL_FRAME`), not the requested resolution: the preprocessor derives its
     pose and parsing input from a 768x1024 picture and the pipeline resizes to the resolution
     itself. The frame also bounds memory, whatever the photo's size and shape.
     """
@@ -208,9 +232,19 @@ def _generate(
     progress: ProgressSink,
     settings: Settings,
     timings: dict[str, float],
-) -> tuple[list[Image.Image], Image.Image]:
-    """Mask, then diffusion: the GPU stages, where CUDA can run out of memory or fail."""
+) -> tuple[list[Image.Image], Image.Image, GarmentResult | None, TryOnRequest, CategoryGuess | None]:
+    """Category (when "auto"), garment (when not flat), mask, then diffusion: the GPU stages,
+    where CUDA can run out of memory or fail. Returns the images, the mask, the prepared garment
+    (None when flat), the request with its category and model type decided, and the guess."""
     try:
+        worn = guess = embeds = None
+        if request.category == AUTO:
+            with _stage(timings, "classify"):
+                request, guess, embeds = _classify(runtime, request, garment)
+        if request.garment_photo_type != "flat":
+            with _stage(timings, "garment"):
+                worn = _garment(runtime, request, garment)
+            garment = worn.image
         with _stage(timings, "mask"):
             model_type, category = request.model_type, request.pipeline_category
             key = None
@@ -219,8 +253,10 @@ def _generate(
             prepared = _prepare(runtime, person, model_type, category, user_mask, request.size, key)
         with _stage(timings, "diffusion"):
             every = settings.progress_every
-            outputs = _diffuse(runtime, request, prepared.person, garment, prepared.mask, progress, every)
-        return outputs, prepared.mask
+            outputs = _diffuse(
+                runtime, request, prepared.person, garment, prepared.mask, progress, every, embeds
+            )
+        return outputs, prepared.mask, worn, request, guess
     except Exception as error:
         failure = classify_gpu_failure(error)
         if failure is None:
@@ -282,11 +318,8 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
             log.warning("house photo %s skipped: %s", path.name, error)
             continue
         for model_type in runtime.model_types:
-            for category in (PIPELINE_CATEGORY[name] for name in CATEGORIES):
-                try:
-                    check_request(model_type, category)
-                except ValueError:
-                    continue  # a combination the model does not take (HD is upper body only)
+            # Only the categories the model type takes (HD is upper body only).
+            for category in (PUBLISHED_NAMES[name] for name in MODEL_CATEGORIES[model_type]):
                 key = house_mask_key(digest, model_type, category, fit, resolution)
                 try:
                     _prepare(runtime, person, model_type, category, None, RESOLUTIONS[resolution], key)
@@ -297,19 +330,60 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
     return computed
 
 
+def _classify(
+    runtime: Runtime, request: TryOnRequest, garment: Image.Image
+) -> tuple[TryOnRequest, CategoryGuess, torch.Tensor]:
+    """Decide category "auto" (and model type "auto") from the garment's CLIP image embedding,
+    the one the pipeline conditions on: it is returned to be passed on, not computed again."""
+    if runtime.classifier is None:
+        raise InputError("category 'auto' is not available on this worker; name the category")
+    # Every pipeline shares one CLIP image encoder: any of them gives the same embedding.
+    pipe = runtime.pipelines.get(request.model_type) or next(iter(runtime.pipelines.values()))
+    width, height = request.size
+    with torch.inference_mode():
+        embeds = pipe.garment_image_embeds(garment, height=height, width=width)
+    guess = runtime.classifier.classify(embeds)
+    category = category_name(guess.category)
+    model_type = request.model_type
+    if model_type == AUTO:
+        model_type = auto_model_type(category, runtime.model_types)
+    problem = unsupported(model_type, category) if model_type else f"no model for {category} is loaded"
+    if problem:
+        raise InputError(f"category 'auto' found a {category} garment, but {problem}")
+    return replace(request, category=category, model_type=model_type), guess, embeds
+
+
+def _garment(runtime: Runtime, request: TryOnRequest, garment: Image.Image) -> GarmentResult:
+    """The garment photo as the model must see it (`garment_photo_type` "model" or "auto")."""
+    try:
+        return runtime.preprocessor.garment(garment, request.pipeline_category, request.garment_photo_type)
+    except PreprocessError as error:
+        raise InputError(f"garment_photo_type {request.garment_photo_type!r}: {error}") from None
+
+
 def _store(
-    job_id: str, request: TryOnRequest, encoded: list[bytes], encoded_mask: bytes | None, s3_config: object
-) -> tuple[list[dict], dict | None, list[str]]:
-    """Upload (or inline) the images and the mask, one decision for all; entries and warnings."""
+    job_id: str,
+    request: TryOnRequest,
+    encoded: list[bytes],
+    encoded_mask: bytes | None,
+    encoded_garment: bytes | None,
+    s3_config: object,
+) -> tuple[list[dict], dict | None, dict | None, list[str]]:
+    """Upload (or inline) the images, the mask and the cut-out garment, one decision for all;
+    entries and warnings."""
     extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
     files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(encoded)]
-    if encoded_mask is not None:
-        files.append(OutputFile(encoded_mask, "image/png", "png", 0, group="mask"))
+    extras = {"mask": encoded_mask, "garment": encoded_garment}
+    for group, data in extras.items():
+        if data is not None:
+            files.append(OutputFile(data, "image/png", "png", 0, group=group))
     stored = store_outputs(job_id, files, s3_config=s3_config)
     entries = [image.to_dict() for image in stored.images]
-    mask_entry = entries.pop() if encoded_mask is not None else None
+    sent = [group for group, data in extras.items() if data is not None]
+    extra_entries = dict(zip(sent, entries[len(encoded) :], strict=True))
     # Bounded like errors: a warning can carry an error code sent by the job's own S3 endpoint.
-    return entries, mask_entry, [bounded(message) for message in stored.warnings]
+    warnings = [bounded(message) for message in stored.warnings]
+    return entries[: len(encoded)], extra_entries.get("mask"), extra_entries.get("garment"), warnings
 
 
 def _diffuse(
@@ -320,6 +394,7 @@ def _diffuse(
     mask: Image.Image,
     progress: ProgressSink,
     every: int,
+    garment_image_embeds: torch.Tensor | None = None,
 ) -> list[Image.Image]:
     """Run the pipeline, reporting progress every `every` steps (never on the last one)."""
 
@@ -344,6 +419,7 @@ def _diffuse(
             width=width,
             output_type="pil",
             callback_on_step_end=on_step_end,
+            garment_image_embeds=garment_image_embeds,
         ).images
 
 

@@ -36,6 +36,7 @@ class Runtime:
     pipelines: Mapping[str, Any]
     preprocessor: Any
     load_seconds: float
+    classifier: Any = None  # `ootd.classify.GarmentClassifier` for category "auto"; None: refused
     garment_cache: GarmentCache = field(default_factory=GarmentCache)
     house_masks: HouseMaskCache = field(default_factory=HouseMaskCache)
 
@@ -55,6 +56,7 @@ def load_runtime(settings: Settings) -> Runtime:
     for line in sources.describe():
         log.info("weights: %s", line)
     from ootd import load_pipelines
+    from ootd.classify import GarmentClassifier
     from preprocess import Preprocessor
 
     start = time.perf_counter()
@@ -71,6 +73,9 @@ def load_runtime(settings: Settings) -> Runtime:
         for pipeline in pipelines.values():
             compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
     preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
+    # The category prompts are embedded once, here; CLIP's text tower is not kept afterwards.
+    shared = next(iter(pipelines.values()))
+    classifier = GarmentClassifier.from_clip(sources.clip.folder, shared.tokenizer, device=shared.device)
     seconds = time.perf_counter() - start
     log.info("loaded models %s and the preprocessor in %.1f s", ",".join(pipelines), seconds)
     return Runtime(
@@ -79,6 +84,7 @@ def load_runtime(settings: Settings) -> Runtime:
         load_seconds=seconds,
         garment_cache=garment_cache,
         house_masks=HouseMaskCache(settings.house_mask_cache_mb * MB),
+        classifier=classifier,
     )
 
 

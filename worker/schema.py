@@ -15,18 +15,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ootd.layout import MODEL_TYPES
+from core.vocabulary import (
+    AUTO,
+    CATEGORIES,
+    GARMENT_PHOTO_TYPES,
+    MODEL_TYPES,
+    PUBLISHED_NAMES,
+    Size,
+    auto_model_type,
+    category_name,
+    parse_size,
+    unsupported,
+)
 from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, describe, join_capped, quote
 
-CATEGORIES = ("upper_body", "lower_body", "dress")
-# What the pipeline calls each category (the published DressCode name for dresses).
-PIPELINE_CATEGORY = {"upper_body": "upper_body", "lower_body": "lower_body", "dress": "dresses"}
-_CATEGORY_SPELLINGS = {
-    "upper_body": "upper_body", "upperbody": "upper_body", "upper": "upper_body",
-    "lower_body": "lower_body", "lowerbody": "lower_body", "lower": "lower_body",
-    "dress": "dress", "dresses": "dress",
-}  # fmt: skip
-RESOLUTIONS = {"1024x768": (768, 1024), "768x576": (576, 768), "512x384": (384, 512)}  # "HxW": (W, H)
+RESOLUTIONS: dict[str, Size] = {name: parse_size(name) for name in ("1024x768", "768x576", "512x384")}
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 FITS = ("pad", "stretch")
 
@@ -52,6 +55,7 @@ FIELDS: dict[str, Any] = {
     "return_mask": False,
     "resolution": "1024x768",
     "fit": "pad",
+    "garment_photo_type": "flat",
 }
 # The seed Flask API's names -> the new names (`category` and `seed` kept their names).
 ALIASES = {
@@ -105,16 +109,18 @@ class TryOnRequest:
     return_mask: bool = False
     resolution: str = "1024x768"
     fit: str = "pad"
+    garment_photo_type: str = "flat"
 
     @property
-    def size(self) -> tuple[int, int]:
+    def size(self) -> Size:
         """(width, height) from the "HxW" resolution name."""
-        height, width = (int(side) for side in self.resolution.split("x"))
-        return width, height
+        return parse_size(self.resolution)
 
     @property
     def pipeline_category(self) -> str:
-        return PIPELINE_CATEGORY[self.category]
+        """The published name of the category (what the pipeline and the mask rules say); the
+        category must be decided ("auto" is resolved by the job before any model runs)."""
+        return PUBLISHED_NAMES[self.category]
 
 
 def parse_request(
@@ -156,16 +162,26 @@ def parse_request(
     if fields.get("mask") is not None:
         out["mask"] = _image_ref(fields, "mask", errors)
 
-    model_type = out["model_type"] = _choice(fields, "model_type", MODEL_TYPES, errors, lower=True)
+    model_type = out["model_type"] = _choice(fields, "model_type", (*MODEL_TYPES, AUTO), errors, lower=True)
     category = out["category"] = _category(fields, errors)
-    if model_type is not None and model_type not in loaded_model_types:
+    out["garment_photo_type"] = _choice(fields, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True)
+    if category == AUTO and fields.get("model_type") is None:
+        model_type = out["model_type"] = AUTO  # a detected category picks its model too
+    if category == AUTO and out["garment_photo_type"] not in (None, "flat"):
+        errors.append(
+            "category 'auto' needs a flat garment photo (garment_photo_type 'flat'): a person wears "
+            "several garments at once, so name the category of the one to try on"
+        )
+    if model_type == AUTO and category not in (None, AUTO):
+        model_type = out["model_type"] = auto_model_type(category, loaded_model_types)
+        if model_type is None:
+            errors.append(f"model_type 'auto': no model for category {category!r} is loaded on this worker")
+    if model_type not in (None, AUTO) and model_type not in loaded_model_types:
         loaded = ", ".join(loaded_model_types)
         errors.append(f"model_type {model_type!r} is not loaded on this worker (loaded: {loaded})")
-    if model_type == "hd" and category not in (None, "upper_body"):
-        errors.append(
-            f"model_type 'hd' supports only category 'upper_body', not {category!r} "
-            "(use model_type 'dc' for lower_body or dress)"
-        )
+    decided = model_type not in (None, AUTO) and category not in (None, AUTO)
+    if decided and (problem := unsupported(model_type, category)):
+        errors.append(problem)
     out["steps"] = _integer(fields, "steps", *STEPS_RANGE, errors)
     out["samples"] = _integer(fields, "samples", *SAMPLES_RANGE, errors)
     out["seed"] = _seed(fields, errors)
@@ -331,12 +347,13 @@ def _category(fields: _Fields, errors: list[str]) -> str | None:
     value = fields.get("category")
     if value is None:
         return FIELDS["category"]
-    if isinstance(value, str) and value.strip().lower() in _CATEGORY_SPELLINGS:
-        return _CATEGORY_SPELLINGS[value.strip().lower()]
-    index = _as_int(value)
-    if index is not None and 0 <= index < len(CATEGORIES):
-        return CATEGORIES[index]
-    errors.append(f"category must be one of {', '.join(CATEGORIES)} (or 0, 1, 2), not {quote(value)}")
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    name = category_name(value)
+    if name is not None:
+        return name
+    choices = ", ".join((*CATEGORIES, AUTO))
+    errors.append(f"category must be one of {choices} (or 0, 1, 2), not {quote(value)}")
     return None
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, ImageDraw
 
+from core.vocabulary import CATEGORIES, MODEL_CATEGORIES, PUBLISHED_NAMES
 from preprocess.errors import PreprocessError
 from preprocess.parsing import PARSE_SIZE
 from worker.schema import FIELDS, RESOLUTIONS
@@ -33,8 +34,10 @@ WARMUP_STEPS = 2
 """Denoising steps of the warm-up run: 2 is the fewest that runs the full UniPC update (1 step
 only returns the initial noise, see `OOTDiffusionPipeline.__call__`)."""
 WARMUP_SEED = 0
-WARMUP_CATEGORY = "upper_body"
-"""The one category both model types accept."""
+WARMUP_CATEGORY = next(
+    PUBLISHED_NAMES[name] for name in CATEGORIES if all(name in names for names in MODEL_CATEGORIES.values())
+)
+"""The one category both model types accept (published name: the pipeline's argument)."""
 
 
 def smallest_resolution() -> tuple[int, int]:

@@ -27,7 +27,7 @@ _HIDDEN = 8
 
 def write_tiny_preprocess_checkpoints(root: Path, seed: int = 0) -> None:
     """Write tiny random `humanparsing/parsing_{atr,lip}.onnx` and the OpenPose `.pth` under `root`."""
-    from preprocess.tiny_pose import write_tiny_body_pose_checkpoint  # written by the pose module
+    from tiny_checkpoints.pose import write_tiny_body_pose_checkpoint
 
     root = Path(root)
     write_tiny_parsing_onnx(root / PARSING_ATR, input_size=512, num_classes=ATR_NUM_CLASSES, seed=seed)

@@ -10,8 +10,8 @@ Random initialisation leaves LayerNorm/GroupNorm weights at 1 and most biases at
 hide bugs such as normalising garment tokens with the wrong UNet's `norm1`. Every norm and bias is
 therefore perturbed.
 
-`python -m ootd.tiny OUT_DIR [--seed N]` writes the diffusion part only; `python -m
-tiny_checkpoints` also writes the preprocessing networks.
+`python -m tiny_checkpoints.diffusion OUT_DIR [--seed N]` writes the diffusion part only;
+`python -m tiny_checkpoints` also writes the preprocessing networks.
 """
 
 from __future__ import annotations
