@@ -87,9 +87,12 @@ class ByteBoundedLru(Generic[V]):
             self._evict()
 
     def clear(self) -> None:
+        """Drop every entry and start the hit/miss counts anew (they describe what is held)."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+            self.hits = 0
+            self.misses = 0
 
     def _evict(self) -> None:
         while self._bytes > self._max_bytes:
