@@ -11,11 +11,14 @@ threads): compare those.
 - encoding: 4 samples encoded one after the other vs in threads is in `bench.bench_encoding`.
 
 The tiny networks are far cheaper than the real ones, and unevenly so (the tiny pose and parsing
-networks are small, the tiny garment UNet costs about one try-on step), so the ratios show that
-the cache removes the work, not how much a real job saves: on the real weights a garment hit
-saves CLIP ViT-L/14, one VAE encode and one full SD-1.5 UNet pass at t=0.
+networks are small, the tiny garment UNet costs about one try-on step), so on the tiny tree the
+ratios show that the cache removes the work, not how much a real job saves. The mid-size tree
+(`bench.models`: real preprocessing, CLIP and text encoder, UNets and VAE at half width) keeps the
+real proportions between them: there a garment hit saves CLIP ViT-L/14, one VAE encode and one
+garment UNet pass, as on the real weights.
 
-    .venv/bin/python -m bench.bench_caches [--resolution 512x384] [--steps 20] [--samples 1]
+    .venv/bin/python -m bench.bench_caches [--size tiny|mid | --checkpoints DIR]
+        [--resolution 512x384] [--steps 20] [--samples 1]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from bench.models import SIZES, write_tree
 from worker.config import Settings
 from worker.job import handle
 from worker.runtime import get_runtime
@@ -52,12 +56,12 @@ def main() -> None:
     parser.add_argument("--resolution", default="512x384")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--size", choices=SIZES, default="tiny", help="tree to write (bench.models)")
+    parser.add_argument("--checkpoints", type=Path, default=None, help="an existing tree instead")
     args = parser.parse_args()
 
-    from tiny_checkpoints import write_tiny_checkpoints
-
     with tempfile.TemporaryDirectory() as folder:
-        root = write_tiny_checkpoints(Path(folder), seed=0)
+        root = args.checkpoints or write_tree(Path(folder), args.size)
         settings = Settings(checkpoints_dir=root, allow_cpu=True, warmup=False)
         runtime = get_runtime(settings)
 
@@ -79,6 +83,9 @@ def main() -> None:
         print(f"garment ({args.resolution}, {args.steps} steps, {args.samples} sample(s)): total "
               f"{miss['total']:.2f} s miss, {hit['total']:.2f} s hit: {hit['total'] / miss['total']:.2f}x; "
               f"CPU {miss['cpu']:.2f} s vs {hit['cpu']:.2f} s: {hit['cpu'] / miss['cpu']:.2f}x")  # fmt: skip
+        stages = [name for name in miss if name not in ("total", "cpu")]
+        pairs = (f"{name} {miss[name]:.2f}/{hit[name]:.2f}" for name in stages)
+        print("  stages, miss/hit s: " + ", ".join(pairs))
 
 
 if __name__ == "__main__":

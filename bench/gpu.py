@@ -66,9 +66,16 @@ COMPILE_LATE_S = 150.0
 CHILD_DEADLINE_S = 420.0
 """The warm-up child is killed (and reported as failed) at this point of the run."""
 
-SIZES: dict[str, dict[str, Any]] = {
+RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": {"resolution": (1024, 768), "steps": 20, "reps": 3, "quick_reps": 1},
+    "mid": {"resolution": (512, 384), "steps": 20, "reps": 1, "quick_reps": 1},
     "tiny": {"resolution": (128, 128), "steps": 2, "reps": 2, "quick_reps": 1},
+}
+"""Per tree size (`bench.models.SIZES`): what a run measures unless told otherwise."""
+NETWORKS: dict[str, str] = {
+    "full": "published architectures, full size, random weights",
+    "mid": "published architectures, UNets and VAE at half width, random weights",
+    "tiny": "tiny",
 }
 PEAK_KEYS = ("peak_allocated", "peak_reserved", "peak_device_used")
 SCALES = (2.0, 1.0)
@@ -449,19 +456,6 @@ def warm_up_function() -> Callable[..., float] | None:
     return warm_up
 
 
-def write_tree(root: Path, size: str, model_type: str, device: torch.device) -> None:
-    """The published layout under `root`: all tiny first (tokenizer, scheduler, configs), then at
-    full size the diffusion networks of `model_type` and the preprocessing networks replaced."""
-    from bench.models import write_full_ootd, write_full_preprocess
-    from tiny_checkpoints import write_tiny_checkpoints
-
-    write_tiny_checkpoints(root)
-    if size == "full":
-        write_full_ootd(root, model_type, device)
-        write_full_preprocess(root)
-        free_memory()
-
-
 def build_in_memory(pipe: Any, root: Path, model_type: str, device: torch.device, dtype: torch.dtype) -> Any:
     """A second model type's pipeline with its two UNets built (random) on the device, sharing the
     first pipeline's VAE, text encoder and CLIP: both model types resident, as the worker runs."""
@@ -660,10 +654,19 @@ def run_child(args: argparse.Namespace, root: Path, request: Request, timeout: f
 # ------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=tuple(SIZES), default="full", help="network sizes (tiny: for CPU)")
+    parser.add_argument(
+        "--size",
+        choices=tuple(RUN_DEFAULTS),
+        default="full",
+        help="network sizes (tiny, mid: for CPU; see bench.models)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
-                        help="UNet/VAE dtype (default: the worker's, float16 on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "bfloat16", "float32"),
+        default=None,
+        help="UNet/VAE dtype (default: the worker's, float16 on CUDA, float32 on CPU)",
+    )
     parser.add_argument("--quick", action="store_true", help="one repetition per configuration")
     parser.add_argument("--out", type=Path, default=None, help="also write the report into this folder")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the report is kept")
@@ -672,13 +675,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20 full, 2 tiny)")
     parser.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES), help="image guidance scales")
     parser.add_argument("--samples", default=",".join(str(s) for s in SAMPLES), help="samples per request")
-    parser.add_argument("--model-types", default="hd,dc",
-                        help="hd (timed, from files) then dc (built in memory); 'hd' alone saves memory")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="time the compiled try-on UNet (default: on with CUDA, off on a CPU)")
+    parser.add_argument(
+        "--model-types",
+        default="hd,dc",
+        help="hd (timed, from files) then dc (built in memory); 'hd' alone saves memory",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time the compiled try-on UNet (default: on with CUDA, off on a CPU)",
+    )
     parser.add_argument("--child-root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    defaults = SIZES[args.size]
+    defaults = RUN_DEFAULTS[args.size]
     if args.resolution is None:
         args.height, args.width = defaults["resolution"]
     else:
@@ -706,12 +716,14 @@ def load_phase(
 ) -> tuple[dict[str, Any], Any]:
     """Write the tree, cold-load it fp32 (and fp16 when `builder.to_fp16` is there), load the
     preprocessor and build the other model types in memory. Returns (pipelines, preprocessor)."""
+    from bench.models import write_tree
     from preprocess import Preprocessor
 
     main_type, *other_types = args.model_type_list
     system_wide = device.type == "cuda"  # a GPU machine of one's own, never a shared CPU box
     with parts.part("write tree"):
-        write_tree(root, args.size, main_type, device)
+        write_tree(root, args.size, (main_type,), device)
+        free_memory()
     written = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
     load[f"write {args.size} tree ({main_type} fp32 + preprocessing)"] = (
         parts.seconds["write tree"],
@@ -840,7 +852,7 @@ def main(argv: list[str] | None = None) -> str:
         "device": device_name(device),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         **versions(),
-        "networks": "published architectures, full size, random weights" if args.size == "full" else "tiny",
+        "networks": NETWORKS[args.size],
         "dtype (UNets, VAE)": str(dtype).removeprefix("torch."),
         "tokenizer": "tiny (tiny_checkpoints.diffusion; ids within CLIP's vocabulary, same prompt lengths)",
         "mask": "fixed torso rectangle (random parsing gives no garment region)",

@@ -8,6 +8,12 @@ SCHP-shaped parsing graphs. Random weights cost the same arithmetic as the real 
 are written by the same savers as the tiny tree (`tiny_checkpoints.diffusion`), so the production
 loaders read them exactly as they read the published tree.
 
+Three sizes of tree share that layout (`SIZES`): `tiny` (the test suite's, `tiny_checkpoints`),
+`full` (the published widths) and `mid`: the published architectures with the UNets and the VAE
+at half their channel widths (a quarter of their arithmetic) and everything else at full size,
+so that CPU benchmarks see the real proportions of preprocessing, CLIP and diffusion within a
+job in minutes rather than hours. `python -m bench.models --size mid DIR` writes one to reuse.
+
 The tokenizer is the tiny one of `tiny_checkpoints.diffusion`: its ids lie inside CLIP's
 49408-token vocabulary, and the prompts are 2-3 tokens long whatever the vocabulary, so the text
 encoder does the same work.
@@ -85,6 +91,17 @@ CLIP_L14_VISION: dict = {
     "projection_dim": 768,
 }
 
+SIZES: tuple[str, ...] = ("tiny", "mid", "full")
+"""Tree sizes, smallest first: see the module docstring."""
+
+_HALF = {"block_out_channels": tuple(width // 2 for width in SD15_UNET["block_out_channels"])}
+UNET_CONFIGS: dict[str, dict] = {"mid": {**SD15_UNET, **_HALF}, "full": SD15_UNET}
+VAE_CONFIGS: dict[str, dict] = {
+    "mid": {**SD15_VAE, "block_out_channels": tuple(w // 2 for w in SD15_VAE["block_out_channels"])},
+    "full": SD15_VAE,
+}
+"""UNet and VAE configs of the sizes this module builds (`tiny` is `tiny_checkpoints`' own)."""
+
 PARSING_GRAPHS: tuple[tuple[str, int, int], ...] = (
     (PARSING_ATR, ATR_NUM_CLASSES, 512),
     (PARSING_LIP, LIP_NUM_CLASSES, 473),
@@ -101,14 +118,12 @@ def text_config() -> CLIPTextConfig:
 
 def clip_config() -> CLIPConfig:
     """The whole CLIP ViT-L/14 (the hub file holds both towers; the loader keeps the vision one)."""
-    return CLIPConfig(
-        text_config=text_config().to_dict(), vision_config=CLIP_L14_VISION, projection_dim=768
-    )
+    return CLIPConfig(text_config=text_config().to_dict(), vision_config=CLIP_L14_VISION, projection_dim=768)
 
 
-def unet(which: str) -> UNet2DConditionModel:
-    """One full-size UNet with diffusers' default (random) initialisation, on torch's current device."""
-    return UNet2DConditionModel(in_channels=UNET_IN_CHANNELS[which], **SD15_UNET)
+def unet(which: str, size: str = "full") -> UNet2DConditionModel:
+    """One UNet of `size` with diffusers' default (random) initialisation, on torch's current device."""
+    return UNet2DConditionModel(in_channels=UNET_IN_CHANNELS[which], **UNET_CONFIGS[size])
 
 
 def unet_like(folder: Path) -> UNet2DConditionModel:
@@ -116,20 +131,20 @@ def unet_like(folder: Path) -> UNet2DConditionModel:
     return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
 
 
-def write_full_ootd(root: Path, model_type: str, device: torch.device | str = "cpu") -> None:
+def write_ootd(root: Path, model_type: str, size: str = "full", device: torch.device | str = "cpu") -> None:
     """Overwrite the VAE, text encoder, CLIP and `model_type`'s two UNets under `root` (a tree
     written by `tiny_checkpoints.diffusion`, which supplies the tokenizer, scheduler and configs)
-    with full-size, randomly initialised networks in the hub's formats. One network at a time is
-    in memory; each is built on `device` (initialising 0.9 G parameters takes a fraction of a second on a GPU,
-    tens of seconds on two CPU cores) and saved from the CPU."""
+    with randomly initialised networks of `size` ("mid" or "full") in the hub's formats. One
+    network at a time is in memory; each is built on `device` (initialising 0.9 G parameters takes
+    a fraction of a second on a GPU, tens of seconds on two CPU cores) and saved from the CPU."""
     root = Path(root)
     for which in UNET_IN_CHANNELS:
         with torch.device(device):
-            model = unet(which)
+            model = unet(which, size)
         save_unet(model.to("cpu"), root, model_type, which)
         del model
     with torch.device(device):
-        vae = AutoencoderKL(**SD15_VAE)
+        vae = AutoencoderKL(**VAE_CONFIGS[size])
     save_vae(vae.to("cpu"), root)
     del vae
     with torch.device(device):
@@ -157,12 +172,33 @@ def write_full_preprocess(root: Path) -> None:
         export(root / name, classes, side, seed=seed)
 
 
+def write_tree(
+    root: Path, size: str, model_types: tuple[str, ...] = ("hd",), device: torch.device | str = "cpu"
+) -> Path:
+    """A whole checkpoint tree of `size` under `root`, in the published layout: the tiny tree
+    first (tokenizer, scheduler, configs, and every network at `tiny`), then for `mid` and `full`
+    the diffusion networks of `model_types` and the preprocessing networks replaced. Returns `root`.
+    Model types not named keep their tiny UNets (loadable, but not of this size)."""
+    from tiny_checkpoints import write_tiny_checkpoints
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
+    root = Path(root)
+    write_tiny_checkpoints(root)
+    if size != "tiny":
+        for model_type in model_types:
+            write_ootd(root, model_type, size, device)
+        write_full_preprocess(root)
+    return root
+
+
 def _numel(module: torch.nn.Module) -> int:
     return sum(tensor.numel() for tensor in module.state_dict().values())
 
 
-def parameter_counts() -> dict[str, int]:
-    """Stored values per published file group, counted on the `meta` device (no memory, no time).
+def parameter_counts(size: str = "full") -> dict[str, int]:
+    """Stored values per published file group of a `size` tree ("mid" or "full"), counted on the
+    `meta` device (no memory, no time).
 
     Keys: unet_garm, unet_vton, vae, text_encoder, clip (both towers, as on the hub), pose,
     parsing (both graphs).
@@ -172,8 +208,8 @@ def parameter_counts() -> dict[str, int]:
     from tiny_checkpoints.pose import published_weight_shapes
 
     with torch.device("meta"):
-        counts = {which: _numel(unet(which)) for which in UNET_IN_CHANNELS}
-        counts["vae"] = _numel(AutoencoderKL(**SD15_VAE))
+        counts = {which: _numel(unet(which, size)) for which in UNET_IN_CHANNELS}
+        counts["vae"] = _numel(AutoencoderKL(**VAE_CONFIGS[size]))
         counts["text_encoder"] = _numel(CLIPTextModel(text_config()))
         counts["clip"] = _numel(CLIPModel(clip_config()))
         shapes = {name: torch.Size(shape) for name, shape in published_weight_shapes().items()}
@@ -197,3 +233,22 @@ def weight_bytes(counts: dict[str, int], model_types: tuple[str, ...]) -> dict[s
     fp32 = sum(4 * counts[name] * n for name, n in groups.items())
     fp16 = sum((2 if name in FP16_GROUPS else 4) * counts[name] * n for name, n in groups.items())
     return {"fp32": fp32, "fp16": fp16}
+
+
+def main() -> None:
+    import argparse
+
+    from core.vocabulary import parse_model_types
+
+    parser = argparse.ArgumentParser(description="Write a random checkpoint tree in the published layout.")
+    parser.add_argument("out", type=Path, help="folder to write (created)")
+    parser.add_argument("--size", choices=SIZES, default="mid")
+    parser.add_argument("--model-types", default="hd", help="whose UNets get the size (e.g. hd or hd,dc)")
+    args = parser.parse_args()
+    root = write_tree(args.out, args.size, parse_model_types(args.model_types))
+    written = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    print(f"{args.size} tree in {root}: {written / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import gpu
-from bench.models import FP16_GROUPS, parameter_counts, weight_bytes
+from bench.models import FP16_GROUPS, SD15_UNET, UNET_CONFIGS, parameter_counts, weight_bytes, write_tree
 
 
 def _tables(text: str) -> dict[str, list[list[str]]]:
@@ -118,6 +118,24 @@ def test_weight_bytes_follow_the_published_parameter_counts() -> None:
     assert both["fp32"] - hd["fp32"] == unets
     assert both["fp16"] - hd["fp16"] == unets // 2
     assert hd["fp32"] - hd["fp16"] == unets // 2 + 2 * counts["vae"]
+
+
+def test_mid_tree_halves_the_diffusion_widths_and_keeps_the_rest_published() -> None:
+    full, mid = parameter_counts("full"), parameter_counts("mid")
+    # Half the channels: a quarter of the convolution and attention weights (the benchmarks'
+    # CPU-sized stand-in for the real proportions inside a job).
+    assert mid["unet_vton"] / full["unet_vton"] == pytest.approx(0.256, abs=0.002)
+    assert mid["vae"] / full["vae"] == pytest.approx(0.25, abs=0.002)
+    for group in ("clip", "text_encoder", "pose", "parsing"):
+        assert mid[group] == full[group], group
+    same_structure = {key: value for key, value in UNET_CONFIGS["mid"].items() if key != "block_out_channels"}
+    assert same_structure == {key: value for key, value in SD15_UNET.items() if key != "block_out_channels"}
+
+
+def test_tree_sizes_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="size must be one of tiny, mid, full"):
+        write_tree(tmp_path / "tree", "huge")
+    assert not (tmp_path / "tree").exists()
 
 
 def test_out_of_memory_rows_render_as_oom() -> None:
