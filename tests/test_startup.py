@@ -113,6 +113,48 @@ def test_a_gpu_failure_in_the_warm_up_is_a_startup_error_and_a_bug_is_raised(set
             )
 
 
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.54 GiB"),
+            "loading the models (hd,dc) failed on the GPU (CUDA out of memory. Tried to allocate "
+            "1.54 GiB): use a GPU with more memory or fewer model types (e.g. OOTD_MODEL_TYPES=hd)",
+        ),
+        (
+            RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with ..."),
+            "loading the models (hd,dc) failed on the GPU (CUDA error: an illegal memory access was "
+            "encountered)",
+        ),
+        (KeyError("bug"), None),
+    ],
+)
+def test_a_gpu_failure_while_loading_is_one_line_and_a_bug_is_raised(
+    tiny_root: Path, tmp_path: Path, monkeypatch, error: BaseException, expected: str | None
+) -> None:
+    from diffusers import UNet2DConditionModel
+
+    # A folder of its own (links to the tiny tree's parts) so that this start really loads:
+    # runtimes are kept per resolved folder. The failure is raised where a real one comes from:
+    # moving a UNet's weights onto the device.
+    (tmp_path / "tree").mkdir()
+    for part in tiny_root.iterdir():
+        (tmp_path / "tree" / part.name).symlink_to(part, target_is_directory=part.is_dir())
+    settings = Settings(checkpoints_dir=tmp_path / "tree", allow_cpu=True, warmup=False)
+    module_to = torch.nn.Module.to
+
+    def to(module, *args, **kwargs):
+        if isinstance(module, UNet2DConditionModel):
+            raise error
+        return module_to(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    with pytest.raises(StartupError if expected else KeyError) as raised:
+        start(settings)
+    if expected:
+        assert str(raised.value) == expected
+
+
 def test_onnxruntime_gpu_without_its_cuda_provider_in_the_sessions_is_refused(settings: Settings) -> None:
     from worker.runtime import get_runtime
 

@@ -27,7 +27,7 @@ import torch
 from ootd.pipeline import resolve_device_dtype
 from preprocess.parsing import CUDA_PROVIDER
 from worker.config import Settings
-from worker.gpu_errors import classify_gpu_failure, failure_detail
+from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail
 from worker.job import precompute_house_masks
 from worker.runtime import Runtime, WeightsMissingError, get_runtime
 from worker.threads import size_thread_pools
@@ -60,6 +60,11 @@ def start(settings: Settings) -> Runtime:
         runtime = get_runtime(settings)
     except WeightsMissingError as error:
         raise StartupError(str(error)) from None
+    except Exception as error:
+        failure = classify_gpu_failure(error)
+        if failure is None:
+            raise
+        raise StartupError(loading_failure(settings, failure, failure_detail(error))) from None
     providers = parsing_providers(runtime)
     if device.type == "cuda":
         problem = parsing_provider_problem(providers, ort.get_available_providers())
@@ -81,6 +86,25 @@ def start(settings: Settings) -> Runtime:
         log.info("warm-up done in %.1f s", seconds)
         return runtime
     raise StartupError(f"the warm-up failed on the GPU ({detail})")
+
+
+def loading_failure(settings: Settings, failure: GpuFailure, detail: str) -> str:
+    """The one-line refusal when the models do not fit on (or cannot be moved to) the GPU.
+
+    A card too small for the model types asked for is a deployment mistake, not a transient
+    fault: the line says what to change (a larger card, or fewer model types) instead of a
+    traceback from deep inside `Module.to`.
+    """
+    types = ",".join(settings.model_types)
+    message = f"loading the models ({types}) failed on the GPU ({detail})"
+    if failure is not GpuFailure.OUT_OF_MEMORY:
+        return message
+    card = ""
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+        card = f"the {properties.name} has {properties.total_memory / 2**30:.0f} GiB; "
+    fewer = " or fewer model types (e.g. OOTD_MODEL_TYPES=hd)" if len(settings.model_types) > 1 else ""
+    return f"{message}: {card}use a GPU with more memory{fewer}"
 
 
 def _precompute_house_masks(runtime: Runtime, settings: Settings) -> None:
