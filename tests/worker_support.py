@@ -1,6 +1,7 @@
 """Real servers and real image bytes for the worker tests (no mocks).
 
-`FileServer` is an HTTP server on 127.0.0.1 serving registered bodies, statuses and redirects;
+`LoopbackHTTPServer` is the one way the tests run an HTTP server of their own (127.0.0.1, a free
+port, a daemon thread); `FileServer` is one serving registered bodies, statuses and redirects;
 `SilentServer` accepts TCP connections and never answers (a download that times out);
 `DripServer` answers at once and then sends a byte at a time, slowly; `BrokenBodyServer` sends
 part of a body and hangs up. The
@@ -23,6 +24,50 @@ from typing import Self
 from PIL import Image
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean (no line per request on stderr)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server on a free 127.0.0.1 port that serves from a daemon thread.
+
+    `start()` (or `with`) serves, `close()` stops serving and frees the port; closing one that
+    never started only frees the port (`shutdown()` would wait forever for a loop that never ran).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread = None
+        self.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class FileServer:
     """Serve `routes[path] = (status, body, headers)` on 127.0.0.1; records each requested path."""
 
@@ -32,7 +77,7 @@ class FileServer:
         self.gates: dict[str, tuple[threading.Event, threading.Event]] = {}
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 if self.path in server.gates:
@@ -49,25 +94,17 @@ class FileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args) -> None:  # keep test output quiet
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.httpd = LoopbackHTTPServer(Handler)
 
     def __enter__(self) -> FileServer:
-        self.thread.start()
+        self.httpd.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        return f"{self.httpd.base_url}{path}"
 
     def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
         self.routes[path] = (status, body, headers or {"Content-Type": "application/octet-stream"})
