@@ -16,9 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from worker_support import LoopbackHTTPServer, QuietHandler, data_uri, image_bytes
-
-REPO = Path(__file__).resolve().parent.parent
+from worker_support import REPO, LoopbackHTTPServer, QuietHandler, data_uri, image_bytes, stop_process
 
 
 class FakePlatform:
@@ -117,12 +115,7 @@ def test_deployed_worker_reports_errors_progress_and_results(tiny_root: Path) ->
                 pytest.fail(f"the worker did not finish: {process.communicate()[0][-3000:]}")
             time.sleep(0.2)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=30)
         platform.close()
 
     (bad,) = platform.posts_for("job-bad")
