@@ -138,10 +138,12 @@ class FileServer:
 class _RawLoopbackServer:
     """A bare TCP listener on 127.0.0.1 that hands each accepted connection to `_serve`."""
 
+    backlog = 16
+
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(self.backlog)
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
     def _accept(self) -> None:
@@ -237,7 +239,7 @@ class BrokenBodyServer(_RawLoopbackServer):
                 return
 
 
-class DelayingProxy:
+class DelayingProxy(_RawLoopbackServer):
     """A TCP proxy on 127.0.0.1 in front of `upstream` (host, port) that can slow a server down.
 
     `answer_delay` holds back each connection's first answer bytes (a server slow to reply);
@@ -245,6 +247,8 @@ class DelayingProxy:
     in the middle of an upload). `forwarded` counts the request bytes sent upstream, and
     `upload_started` is set once `started_after` of them have gone through.
     """
+
+    backlog = 32
 
     def __init__(
         self,
@@ -258,22 +262,14 @@ class DelayingProxy:
         self.forwarded = 0
         self.upload_started = threading.Event()
         self.closing = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        super().__init__()
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        return self.url("")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+    def _serve(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._connect, args=(conn,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
         try:
@@ -311,13 +307,9 @@ class DelayingProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
 
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
         self.closing.set()
-        self.sock.close()
+        super().__exit__(*exc)
 
 
 def worker_env(checkpoints: Path, **extra: str) -> dict[str, str]:
