@@ -17,26 +17,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # the loopback file server and SeaweedFS launcher
+sys.path.insert(0, str(REPO / "tests"))  # the worker and loopback file server launchers, SeaweedFS
 
 from s3_server import start_seaweedfs  # noqa: E402
-from worker_support import FileServer, free_port, image_bytes  # noqa: E402
+from worker_support import ApiWorker, FileServer, api_worker, image_bytes, served_worker_env  # noqa: E402
 
 from storage.s3 import MAX_PARALLEL_UPLOADS  # noqa: E402
 
@@ -109,81 +103,6 @@ def _tcp_inodes_to_port(pid: int, port: int) -> list[str]:
             if port and int(fields[2].rsplit(":", 1)[1], 16) == port:
                 inodes.append(fields[9])
     return inodes
-
-
-def worker_environment(checkpoints: Path, **extra: str) -> dict[str, str]:
-    """What a local worker process runs with: tiny weights, a small extra size, loopback allowed."""
-    inherited = ("BUCKET_", "RUNPOD_WEBHOOK", "RUNPOD_LOG", "RUNPOD_DEBUG")
-    env = {name: value for name, value in os.environ.items() if not name.startswith(inherited)}
-    env.update(
-        CHECKPOINTS_DIR=str(checkpoints),
-        EXTRA_RESOLUTIONS="256x192",
-        RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS="true",
-        # The start-up checks refuse a CPU-only machine and warm up unless told otherwise.
-        ALLOW_CPU="true",
-        WARMUP="false",
-        PYTHONUNBUFFERED="1",
-        UVICORN_LOG_LEVEL="warning",
-        **extra,
-    )
-    return env
-
-
-@dataclass
-class ApiWorker:
-    """`python handler.py --rp_serve_api` running on a loopback port."""
-
-    process: subprocess.Popen
-    base_url: str
-    log_path: Path
-
-    def post(self, route: str, body: object, timeout: float = 300) -> tuple[int, dict]:
-        request = urllib.request.Request(
-            f"{self.base_url}{route}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@contextmanager
-def api_worker(env: dict[str, str], log_path: Path, start_timeout: float = 300) -> Iterator[ApiWorker]:
-    """Start the worker's API server, wait until it answers, and stop it (SIGINT, then kill) after."""
-    port = free_port()
-    command = [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-               "--rp_api_port", str(port)]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    worker = ApiWorker(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the worker exited while starting:\n{worker.log()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{worker.base_url}/openapi.json", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        yield worker
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @dataclass
@@ -306,7 +225,7 @@ def soak(jobs: int, every: int, warmup: int, checkpoints: Path | None, workdir: 
         stack.callback(s3.stop)
         files = stack.enter_context(FileServer())
         plans = plan_jobs(jobs, files)
-        env = worker_environment(checkpoints, **s3.env(s3.create_bucket("soak")))
+        env = served_worker_env(checkpoints, **s3.env(s3.create_bucket("soak")))
         worker = stack.enter_context(api_worker(env, workdir / "worker.log"))
         return run_soak(worker, plans, every, warmup, urlsplit(s3.endpoint_url).port)
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import PIL.Image
-import torch
 
 from core.vocabulary import MODEL_FRAME, Size, parse_size
 from ootd import layout
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         num_inference_steps=args.steps,
         image_guidance_scale=args.scale,
         num_images_per_prompt=args.samples,
-        generator=torch.Generator("cpu").manual_seed(args.seed),
+        generator=args.seed,
         height=height,
         width=width,
     ).images

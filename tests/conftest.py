@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny checkpoint tree per test session (generated, never downloaded)."""
+"""Shared fixtures: one tiny checkpoint tree per test session (generated, never downloaded), the
+tiny pipelines on it, and a real S3 server."""
 
 import shutil
 from pathlib import Path
@@ -41,6 +42,18 @@ def tiny_ootd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ootd-checkpoints")
     write_tiny_ootd_checkpoints(root, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def pipes(tiny_ootd_root: Path) -> dict:
+    """Both tiny try-on pipelines by model type, progress bars off; loaded afresh for each test
+    module, so that what one module sets on them (a garment cache, say) stays in it."""
+    from ootd import load_pipelines
+
+    pipes = load_pipelines(tiny_ootd_root)
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
 
 
 @pytest.fixture(scope="session")

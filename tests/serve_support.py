@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-class _Recorder(ThreadingHTTPServer):
-    daemon_threads = True
+from worker_support import LoopbackHTTPServer, QuietHandler
 
 
 class GateServer:
@@ -20,7 +17,7 @@ class GateServer:
         self.arrived = threading.Semaphore(0)
         gate, arrived = self.gate, self.arrived
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 arrived.release()
                 gate.wait(60)
@@ -28,22 +25,17 @@ class GateServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = _Recorder(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = LoopbackHTTPServer(Handler).start()
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/person.png"
+        return f"{self.httpd.base_url}/person.png"
 
     def wait_for_request(self, timeout: float = 60) -> None:
         assert self.arrived.acquire(timeout=timeout), "the held job never started fetching"
 
     def close(self) -> None:
         self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 class WebhookReceiver:
@@ -54,7 +46,7 @@ class WebhookReceiver:
         self.received = threading.Event()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 receiver.bodies.append(json.loads(self.rfile.read(length)))
@@ -63,15 +55,10 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = _Recorder(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = LoopbackHTTPServer(Handler).start()
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook?token=abc"
+        return f"{self.httpd.base_url}/hook?token=abc"
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()

@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from worker_support import LoopbackHTTPServer, QuietHandler
 
 from ootd.layout import CLIP_DIR, CLIP_FILES, CONVERTED_WEIGHTS, VAE_WEIGHTS, ootd_files
 from preprocess.layout import PREPROCESS_FILES
@@ -49,29 +49,22 @@ def published_files() -> dict[tuple[str, str], bytes]:
     return {name: content_of(*name) for name in names}
 
 
-class FakeHub(ThreadingHTTPServer):
-    """Serves `files`; records every request; can misbehave on chosen paths."""
+class FakeHub(LoopbackHTTPServer):
+    """Serves `files` (once started); records every request; can misbehave on chosen paths."""
 
     def __init__(self, files: dict[tuple[str, str], bytes]) -> None:
-        super().__init__(("127.0.0.1", 0), _HubHandler)
+        super().__init__(_HubHandler)
         self.files = files
         self.requests: list[tuple[str, str, str, str, str | None]] = []
         self.flaky: dict[str, int] = {}  # hub path -> number of broken HEAD answers still to give
         self.lock = threading.Lock()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
     def gets(self) -> list[tuple[str, str]]:
         return [(repo, path) for method, repo, _, path, _ in self.requests if method == "GET"]
 
 
-class _HubHandler(BaseHTTPRequestHandler):
+class _HubHandler(QuietHandler):
     server: FakeHub
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
 
     def _answer(self, with_body: bool) -> None:
         parts = unquote(urlsplit(self.path).path).lstrip("/").split("/")
@@ -115,14 +108,8 @@ class _HubHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
-    server = FakeHub(published_files())
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with FakeHub(published_files()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def run_builder(stage: Path, *args: str, hub: FakeHub | None = None, **env: str):
@@ -130,7 +117,7 @@ def run_builder(stage: Path, *args: str, hub: FakeHub | None = None, **env: str)
     environ.update({"HF_HOME": str(stage / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""})
     if hub is not None:
-        environ["HF_ENDPOINT"] = hub.url
+        environ["HF_ENDPOINT"] = hub.base_url
     environ.update(env)
     return subprocess.run([sys.executable, "-m", "builder.fetch_weights", *args], cwd=stage, env=environ,
                           capture_output=True, text=True, timeout=120)

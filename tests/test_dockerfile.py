@@ -11,9 +11,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -231,17 +228,6 @@ def test_base_image_is_plain_python_and_cuda_comes_once_from_the_torch_wheels(pa
     assert "apt-get" not in runs  # no system CUDA, cuDNN or Python packages on top of the base
 
 
-@contextmanager
-def serving(hub: FakeHub) -> Iterator[FakeHub]:
-    thread = threading.Thread(target=hub.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield hub
-    finally:
-        hub.shutdown()
-        hub.server_close()
-
-
 def test_weights_step_runs_as_written(parsed, build_stage, tiny_root, tmp_path):
     """The weights RUN itself, in bash, with the build arguments as the build gives them: downloads
     from a loopback hub serving the tiny tree, then converts (or not) in the same step."""
@@ -252,14 +238,14 @@ def test_weights_step_runs_as_written(parsed, build_stage, tiny_root, tmp_path):
     def build(dest: Path, hub: FakeHub, **args: str) -> subprocess.CompletedProcess:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "OOTD_", "BAKE_"))},
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": "",
-               "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-               "OOTD_MODEL_TYPES": "hd", "BAKE_WEIGHTS": "all", "WEIGHTS_DTYPE": "fp16",
-               "OOTD_REVISION": "main", "CLIP_REVISION": "main", **args}  # fmt: skip
+               "HF_ENDPOINT": hub.base_url, "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_HUB_DISABLE_TELEMETRY": "1", "OOTD_MODEL_TYPES": "hd", "BAKE_WEIGHTS": "all",
+               "WEIGHTS_DTYPE": "fp16", "OOTD_REVISION": "main", "CLIP_REVISION": "main", **args}  # fmt: skip
         command = script.replace(DEFAULT_BAKED_WEIGHTS_DIR, str(dest))
         return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=build_stage, env=env,
                               capture_output=True, text=True, timeout=180)
 
-    with serving(FakeHub(files)) as hub:
+    with FakeHub(files) as hub:
         fp16 = build(tmp_path / "fp16", hub)
         assert fp16.returncode == 0, fp16.stderr
         assert missing_files(tmp_path / "fp16", required_files(("hd",))) == []

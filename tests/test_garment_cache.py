@@ -13,17 +13,8 @@ import pytest
 import torch
 from test_ootd_pipeline import make_images
 
-from ootd import load_pipelines
 from ootd.garment_cache import GarmentCache, garment_key
 from ootd.lru import ByteBoundedLru
-
-
-@pytest.fixture(scope="module")
-def pipes(tiny_ootd_root):
-    pipes = load_pipelines(tiny_ootd_root)
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    return pipes
 
 
 @pytest.fixture

@@ -12,14 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from worker_support import data_uri, image_bytes
-
-REPO = Path(__file__).resolve().parent.parent
+from worker_support import REPO, LoopbackHTTPServer, QuietHandler, data_uri, image_bytes, stop_process
 
 
 class FakePlatform:
@@ -31,7 +28,7 @@ class FakePlatform:
         self.lock = threading.Lock()
         platform = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 job = None
@@ -60,24 +57,18 @@ class FakePlatform:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = LoopbackHTTPServer(Handler).start()
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.httpd.base_url
 
     def posts_for(self, job_id: str) -> list[dict]:
         with self.lock:
             return [body for posted_id, body in self.posts if posted_id == job_id]
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
 def test_deployed_worker_reports_errors_progress_and_results(tiny_root: Path) -> None:
@@ -124,12 +115,7 @@ def test_deployed_worker_reports_errors_progress_and_results(tiny_root: Path) ->
                 pytest.fail(f"the worker did not finish: {process.communicate()[0][-3000:]}")
             time.sleep(0.2)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=30)
         platform.close()
 
     (bad,) = platform.posts_for("job-bad")

@@ -9,39 +9,21 @@ import ast
 import base64
 import io
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from worker_support import FileServer, free_port, image_bytes
+from worker_support import REPO, ApiWorker, FileServer, api_worker, image_bytes, served_worker_env, worker_env
 
 from worker.schema import parse_request
 
-REPO = Path(__file__).resolve().parent.parent
 TEST_INPUT = REPO / "test_input.json"
-
-
-def worker_env(tiny_root: Path, **extra: str) -> dict[str, str]:
-    inherited = ("BUCKET_", "RUNPOD_WEBHOOK", "RUNPOD_LOG", "RUNPOD_DEBUG", "ALLOW_CPU", "WARMUP")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
-    env.update(
-        CHECKPOINTS_DIR=str(tiny_root),
-        ALLOW_CPU="true",  # no CUDA here: the worker would refuse to start
-        EXTRA_RESOLUTIONS="256x192",
-        RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS="true",
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
 
 
 def decode(entry: dict) -> Image.Image:
@@ -129,59 +111,12 @@ def test_handler_refuses_to_start_without_weights(tmp_path: Path) -> None:
     assert "python -m tiny_checkpoints" in done.stderr
 
 
-def post(url: str, body: object, timeout: float = 300) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
 @pytest.fixture(scope="module")
-def api(tiny_root: Path):
+def api(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorker]:
     """`python handler.py --rp_serve_api` on a free loopback port, up once the models are loaded."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "handler.py",
-            "--rp_serve_api",
-            "--rp_api_host",
-            "127.0.0.1",
-            "--rp_api_port",
-            str(port),
-        ],
-        cwd=REPO,
-        # The warm-up is covered by the --test_input run; here it would only delay the fixture.
-        env=worker_env(tiny_root, UVICORN_LOG_LEVEL="warning", WARMUP="false"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the API server exited: {process.stdout.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/openapi.json", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    log_path = tmp_path_factory.mktemp("api") / "worker.log"
+    with api_worker(served_worker_env(tiny_root), log_path) as worker:
+        yield worker
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +127,10 @@ def files():
         yield server
 
 
-def test_local_api_runsync_with_url_inputs(api: str, files: FileServer) -> None:
+def test_local_api_runsync_with_url_inputs(api: ApiWorker, files: FileServer) -> None:
     job = {"person": files.url("/person.jpg"), "garment": files.url("/garment.png"), "resolution": "256x192",
            "steps": 2, "seed": 5, "output_format": "jpeg"}  # fmt: skip
-    status, body = post(f"{api}/runsync", {"input": job})
+    status, body = api.post("/runsync", {"input": job})
     assert status == 200 and body["status"] == "COMPLETED", body
     output = body["output"]
     (entry,) = output["images"]
@@ -205,20 +140,18 @@ def test_local_api_runsync_with_url_inputs(api: str, files: FileServer) -> None:
     assert {"/person.jpg", "/garment.png"} <= set(files.requests)
 
 
-def test_local_api_run_then_status(api: str) -> None:
+def test_local_api_run_then_status(api: ApiWorker) -> None:
     garment = base64.b64encode(image_bytes((60, 80), seed=4)).decode()
     job = {"person_index": 0, "garment": garment, "resolution": "256x192", "steps": 2, "seed": 6}
-    status, queued = post(f"{api}/run", {"input": job})
+    status, queued = api.post("/run", {"input": job})
     assert status == 200 and queued["status"] == "IN_PROGRESS" and queued["id"]
-    status, body = post(f"{api}/status/{queued['id']}", {})
+    status, body = api.post(f"/status/{queued['id']}", {})
     assert status == 200 and body["status"] == "COMPLETED", body
     assert decode(body["output"]["images"][0]).size == (192, 192)
 
 
-def test_local_api_reports_a_bad_request_as_failed_with_the_sentence(api: str) -> None:
-    status, body = post(
-        f"{api}/runsync", {"input": {"person_index": 0, "garment": "ftp://example.com/g.png"}}
-    )
+def test_local_api_reports_a_bad_request_as_failed_with_the_sentence(api: ApiWorker) -> None:
+    status, body = api.post("/runsync", {"input": {"person_index": 0, "garment": "ftp://example.com/g.png"}})
     assert status == 200 and body["status"] == "FAILED"
     assert (
         body["error"]

@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepSchedul
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
-from ootd import OOTDiffusionPipeline, layout, load_pipelines
+from ootd import OOTDiffusionPipeline, layout
 from ootd.pipeline import CLIP_TEXT_TOWER_PREFIXES, build_scheduler, load_unets
 
 PUBLISHED_20_STEP_TIMESTEPS = [
@@ -36,11 +36,6 @@ PUBLISHED_20_STEP_TIMESTEPS = [
     2,
     0,
 ]
-
-
-@pytest.fixture(scope="module")
-def pipes(tiny_ootd_root):
-    return load_pipelines(tiny_ootd_root)
 
 
 @pytest.mark.parametrize("model_type", layout.MODEL_TYPES)

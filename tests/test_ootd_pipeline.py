@@ -30,14 +30,6 @@ def make_images(width: int = W, height: int = H, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def pipes(tiny_ootd_root):
-    pipes = load_pipelines(tiny_ootd_root)
-    for pipe in pipes.values():
-        pipe.set_progress_bar_config(disable=True)
-    return pipes
-
-
-@pytest.fixture(scope="module")
 def images():
     return make_images()
 

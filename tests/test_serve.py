@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -26,30 +27,31 @@ from pathlib import Path
 import pytest
 import runpod
 from serve_support import GateServer, WebhookReceiver
-from test_handler_process import worker_env
-from worker_support import free_port, image_bytes
+from worker_support import (
+    REPO,
+    free_port,
+    image_bytes,
+    json_request,
+    running_server,
+    served_worker_env,
+    worker_env,
+)
 
 from worker.serve import RUN_BODY_LIMIT
 
-REPO = Path(__file__).resolve().parent.parent
 API_KEY = "local-key-3b9e71d0c2"  # distinctive, so the log can be searched for it
 ENDPOINT = "ootd-local"
 # The cheapest real try-on: one step, no guidance, the smallest allowed size, no padding.
 SMALL = {"resolution": "256x192", "steps": 1, "guidance_scale": 1.0, "fit": "stretch"}
 
 
+def authorization(key: str | None = API_KEY) -> dict[str, str]:
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
 def call(method: str, url: str, body: object = None, key: str | None = API_KEY, timeout: float = 120):
     """One raw HTTP request as a RunPod client makes it; (status, JSON body)."""
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+    return json_request(method, url, body, authorization(key), timeout)
 
 
 def garment() -> str:
@@ -67,37 +69,12 @@ def server(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """`python -m worker.serve` on a free loopback port; yields (base URL up to /v2, log path)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = worker_env(tiny_root, LOCAL_API_KEY=API_KEY, PROGRESS_EVERY="1", UVICORN_LOG_LEVEL="warning")
-    env.update(ALLOW_CPU="true", WARMUP="false")  # CPU allowed, no warm-up job before the first test
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    env = served_worker_env(tiny_root, LOCAL_API_KEY=API_KEY, PROGRESS_EVERY="1")
     base = f"http://127.0.0.1:{port}/v2"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker.serve exited: {log_path.read_text()[-3000:]}")
-            try:
-                if call("GET", f"{base}/{ENDPOINT}/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+    command = [sys.executable, "-m", "worker.serve", "--port", str(port)]
+    health = f"{base}/{ENDPOINT}/health"
+    with running_server(command, env, log_path, health, authorization(), stop=signal.SIGTERM):
         yield base, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

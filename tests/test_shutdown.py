@@ -15,9 +15,9 @@ import threading
 import time
 
 from PIL import Image
-from worker_support import FileServer, data_uri, image_bytes
+from worker_support import FileServer, api_worker, data_uri, image_bytes, served_worker_env
 
-from bench.soak import SMALL, api_worker, worker_environment
+from bench.soak import SMALL
 
 # RunPod does not document its grace period between SIGTERM and SIGKILL; 10 s is what
 # `docker stop` gives by default, the shortest a container platform commonly allows.
@@ -26,7 +26,7 @@ GRACE_SECONDS = 10.0
 
 def test_sigterm_during_a_job_finishes_it_and_exits_in_the_grace_period(tiny_root, s3_server, tmp_path):
     bucket = s3_server.create_bucket("sigterm")
-    env = worker_environment(tiny_root, **s3_server.env(bucket))
+    env = served_worker_env(tiny_root, **s3_server.env(bucket))
     with FileServer() as files, api_worker(env, tmp_path / "worker.log") as worker:
         url, arrived, release = files.hold("/garment.png", image_bytes((60, 80), seed=2))
         outcome: dict = {}

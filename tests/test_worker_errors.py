@@ -5,11 +5,9 @@ shape of input JSON can take; tests/test_fuzz.py explores the inputs nobody list
 """
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from worker_support import data_uri, image_bytes
+from worker_support import LoopbackHTTPServer, QuietHandler, data_uri, image_bytes
 
 import handler
 from storage import StorageConfigError, load_settings
@@ -170,7 +168,7 @@ def test_an_s3_config_value_that_is_not_text_is_named_not_shown(value) -> None:
     assert str(caught.value) == "s3Config accessId, accessSecret must be text"
 
 
-class _RefusingS3(BaseHTTPRequestHandler):
+class _RefusingS3(QuietHandler):
     """An S3 endpoint that refuses every request with a 100,000-character error code."""
 
     def do_PUT(self) -> None:
@@ -182,26 +180,18 @@ class _RefusingS3(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args) -> None:
-        pass
-
 
 def test_a_warning_from_the_jobs_own_s3_endpoint_is_bounded(tiny_root, monkeypatch) -> None:
     monkeypatch.setenv("CHECKPOINTS_DIR", str(tiny_root))
     monkeypatch.setenv("EXTRA_RESOLUTIONS", "256x192")
     monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")  # the endpoint is on 127.0.0.1
     monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingS3)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        s3_config = {"endpointUrl": f"http://127.0.0.1:{server.server_address[1]}", "bucketName": "b",
+    with LoopbackHTTPServer(_RefusingS3) as server:
+        s3_config = {"endpointUrl": server.base_url, "bucketName": "b",
                      "accessId": "id", "accessSecret": "secret"}  # fmt: skip
         job_input = {"person_index": 0, "garment": data_uri(image_bytes((48, 64), "PNG")),
                      "resolution": "256x192", "steps": 1, "seed": 3}  # fmt: skip
         result = handler.handler({"id": "s3-refuses", "input": job_input, "s3Config": s3_config})
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "error" not in result, result["error"]
     assert result["images"][0]["base64"]  # the images still come back, inline
     (warning,) = result["warnings"]

@@ -1,6 +1,9 @@
 """Real servers and real image bytes for the worker tests (no mocks).
 
-`FileServer` is an HTTP server on 127.0.0.1 serving registered bodies, statuses and redirects;
+`LoopbackHTTPServer` is the one way the tests run an HTTP server of their own (127.0.0.1, a free
+port, a daemon thread); `FileServer` is one serving registered bodies, statuses and redirects;
+`running_server` starts a server process of the worker's (`api_worker`: the SDK's local API
+server) and stops it, on the environment `worker_env` gives;
 `SilentServer` accepts TCP connections and never answers (a download that times out);
 `DripServer` answers at once and then sends a byte at a time, slowly; `BrokenBodyServer` sends
 part of a body and hangs up. The
@@ -12,15 +15,71 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Self
 
 from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean (no line per request on stderr)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server on a free 127.0.0.1 port that serves from a daemon thread.
+
+    `start()` (or `with`) serves, `close()` stops serving and frees the port; closing one that
+    never started only frees the port (`shutdown()` would wait forever for a loop that never ran).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread = None
+        self.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class FileServer:
@@ -32,7 +91,7 @@ class FileServer:
         self.gates: dict[str, tuple[threading.Event, threading.Event]] = {}
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 if self.path in server.gates:
@@ -49,25 +108,17 @@ class FileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args) -> None:  # keep test output quiet
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.httpd = LoopbackHTTPServer(Handler)
 
     def __enter__(self) -> FileServer:
-        self.thread.start()
+        self.httpd.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        return f"{self.httpd.base_url}{path}"
 
     def add(self, path: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> str:
         self.routes[path] = (status, body, headers or {"Content-Type": "application/octet-stream"})
@@ -87,10 +138,12 @@ class FileServer:
 class _RawLoopbackServer:
     """A bare TCP listener on 127.0.0.1 that hands each accepted connection to `_serve`."""
 
+    backlog = 16
+
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(self.backlog)
         self.thread = threading.Thread(target=self._accept, daemon=True)
 
     def _accept(self) -> None:
@@ -186,7 +239,7 @@ class BrokenBodyServer(_RawLoopbackServer):
                 return
 
 
-class DelayingProxy:
+class DelayingProxy(_RawLoopbackServer):
     """A TCP proxy on 127.0.0.1 in front of `upstream` (host, port) that can slow a server down.
 
     `answer_delay` holds back each connection's first answer bytes (a server slow to reply);
@@ -194,6 +247,8 @@ class DelayingProxy:
     in the middle of an upload). `forwarded` counts the request bytes sent upstream, and
     `upload_started` is set once `started_after` of them have gone through.
     """
+
+    backlog = 32
 
     def __init__(
         self,
@@ -207,22 +262,14 @@ class DelayingProxy:
         self.forwarded = 0
         self.upload_started = threading.Event()
         self.closing = threading.Event()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(32)
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        super().__init__()
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        return self.url("")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+    def _serve(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._connect, args=(conn,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
         try:
@@ -260,13 +307,125 @@ class DelayingProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
 
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
         self.closing.set()
-        self.sock.close()
+        super().__exit__(*exc)
+
+
+def worker_env(checkpoints: Path, **extra: str) -> dict[str, str]:
+    """The environment of a worker process on test weights, `extra` on top.
+
+    This machine's environment less what would point the worker at a real bucket or platform
+    or change its logging; CPU allowed (no CUDA here: the worker would refuse to start), the
+    small 256x192 size and loopback URLs (the tests' file servers) allowed.
+    """
+    inherited = ("BUCKET_", "RUNPOD_WEBHOOK", "RUNPOD_LOG", "RUNPOD_DEBUG", "ALLOW_CPU", "WARMUP")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(inherited)}
+    env.update(
+        CHECKPOINTS_DIR=str(checkpoints),
+        ALLOW_CPU="true",
+        EXTRA_RESOLUTIONS="256x192",
+        RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS="true",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def served_worker_env(checkpoints: Path, **extra: str) -> dict[str, str]:
+    """`worker_env` for a worker serving HTTP: no warm-up job before the first request (the
+    `--test_input` run covers the warm-up; here it would only delay the start), uvicorn quiet."""
+    return worker_env(checkpoints, **{"WARMUP": "false", "UVICORN_LOG_LEVEL": "warning", **extra})
+
+
+def json_request(
+    method: str, url: str, body: object = None, headers: dict[str, str] | None = None, timeout: float = 300
+) -> tuple[int, dict]:
+    """One JSON request as a RunPod client sends it; (status, JSON answer), error statuses too."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def stop_process(process: subprocess.Popen, how: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
+    """Send `how` to a process still running and wait for it; kill it after `grace` seconds."""
+    if process.poll() is None:
+        process.send_signal(how)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    ready_url: str,
+    ready_headers: dict[str, str] | None = None,
+    stop: signal.Signals = signal.SIGINT,
+    start_timeout: float = 300,
+) -> Iterator[subprocess.Popen]:
+    """Run `command` in the repository (output to `log_path`) until the `with` block ends.
+
+    It is ready once a GET of `ready_url` answers with success, which on the tiny weights takes
+    the models' loading; a process that exits first fails with its log's tail. Afterwards it gets
+    `stop` (the SDK's API server leaves on SIGINT, `worker.serve` on SIGTERM), then a kill.
+    """
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + start_timeout
+        probe = urllib.request.Request(ready_url, headers=ready_headers or {})
+        while True:
+            if process.poll() is not None:
+                log_tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{' '.join(command[1:])} exited while starting:\n{log_tail}")
+            try:
+                with urllib.request.urlopen(probe, timeout=2):
+                    break
+            except OSError:  # not listening yet, or an error status
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield process
+    finally:
+        stop_process(process, stop)
+
+
+@dataclass
+class ApiWorker:
+    """`python handler.py --rp_serve_api` running on a loopback port."""
+
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+
+    def post(self, route: str, body: object, timeout: float = 300) -> tuple[int, dict]:
+        return json_request("POST", f"{self.base_url}{route}", body, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def api_worker(env: dict[str, str], log_path: Path, start_timeout: float = 300) -> Iterator[ApiWorker]:
+    """The worker's API server (the SDK's `--rp_serve_api`) on a free loopback port, up and loaded."""
+    port = free_port()
+    command = [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+               "--rp_api_port", str(port)]  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    ready_url = f"{base_url}/openapi.json"
+    with running_server(command, env, log_path, ready_url, start_timeout=start_timeout) as process:
+        yield ApiWorker(process, base_url, log_path)
 
 
 def free_port() -> int:

@@ -414,7 +414,7 @@ def _diffuse(
             num_inference_steps=request.steps,
             image_guidance_scale=request.guidance_scale,
             num_images_per_prompt=request.samples,
-            generator=torch.Generator("cpu").manual_seed(request.seed),
+            generator=request.seed,  # the pipeline seeds a CPU generator (device-independent noise)
             height=height,
             width=width,
             output_type="pil",

@@ -90,7 +90,7 @@ def _run(
         num_inference_steps=WARMUP_STEPS,
         image_guidance_scale=FIELDS["guidance_scale"],
         num_images_per_prompt=1,
-        generator=torch.Generator("cpu").manual_seed(WARMUP_SEED),
+        generator=WARMUP_SEED,
         height=height,
         width=width,
         output_type="pil",
