@@ -7,7 +7,8 @@ threads): compare those.
 - house model: the `mask` stage of the first job on `person_index` 0 vs a repeated one (another
   garment, so only the mask can come from a cache);
 - garment: the whole request (`total`) of a garment the worker has not seen vs the same garment
-  again (another seed, and the house mask already cached in both, so only the garment differs);
+  again (another seed, and the house mask already cached in both, so only the garment differs),
+  `--pairs` times with new garments, medians;
 - encoding: 4 samples encoded one after the other vs in threads is in `bench.bench_encoding`.
 
 The tiny networks are far cheaper than the real ones, and unevenly so (the tiny pose and parsing
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--resolution", default="512x384")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=3, help="garment miss/hit pairs (medians)")
     parser.add_argument("--size", choices=SIZES, default="tiny", help="tree to write (bench.models)")
     parser.add_argument("--checkpoints", type=Path, default=None, help="an existing tree instead")
     args = parser.parse_args()
@@ -79,13 +82,19 @@ def main() -> None:
         first, repeated = job(1, 1), job(2, 1)
         print(f"house model: mask {first['mask']:.3f} s first, {repeated['mask']:.4f} s repeated: "
               f"{repeated['mask'] / first['mask'] * 100:.2f} %")  # fmt: skip
-        miss, hit = job(3, 2), job(3, 3)
-        print(f"garment ({args.resolution}, {args.steps} steps, {args.samples} sample(s)): total "
-              f"{miss['total']:.2f} s miss, {hit['total']:.2f} s hit: {hit['total'] / miss['total']:.2f}x; "
-              f"CPU {miss['cpu']:.2f} s vs {hit['cpu']:.2f} s: {hit['cpu'] / miss['cpu']:.2f}x")  # fmt: skip
-        stages = [name for name in miss if name not in ("total", "cpu")]
-        pairs = (f"{name} {miss[name]:.2f}/{hit[name]:.2f}" for name in stages)
-        print("  stages, miss/hit s: " + ", ".join(pairs))
+        # Pairs of (new garment, same garment again), interleaved so that a change in the
+        # machine's load during the run falls on misses and hits alike; medians of the pairs.
+        misses, hits = [], []
+        for pair in range(args.pairs):
+            misses.append(job(3 + pair, 2))
+            hits.append(job(3 + pair, 3))
+            print(f"  pair {pair + 1}: total {misses[-1]['total']:.2f} s miss, {hits[-1]['total']:.2f} s hit")
+        miss = {key: statistics.median(m[key] for m in misses) for key in misses[0]}
+        hit = {key: statistics.median(h[key] for h in hits) for key in hits[0]}
+        print(f"garment ({args.resolution}, {args.steps} steps, {args.samples} sample(s), median of "
+              f"{args.pairs}): total {miss['total']:.2f} s miss, {hit['total']:.2f} s hit: "
+              f"{hit['total'] / miss['total']:.3f}x; CPU {miss['cpu']:.2f} s vs {hit['cpu']:.2f} s: "
+              f"{hit['cpu'] / miss['cpu']:.3f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

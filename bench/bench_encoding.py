@@ -15,20 +15,19 @@ import argparse
 import io
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from bench.models import HOUSE_PHOTO
 from worker.encoding import encode_images
 from worker.images import encode_image
 
-PHOTO = Path(__file__).resolve().parent.parent / "assets" / "models" / "0_astronaut.png"
 SIZE = (768, 1024)
 
 
 def realistic_picture(seed: int = 0) -> Image.Image:
-    photo = Image.open(PHOTO).convert("RGB")
+    photo = Image.open(HOUSE_PHOTO).convert("RGB")
     width, height = photo.size
     crop_width = min(width, height * 3 // 4)
     left = (width - crop_width) // 2
@@ -53,6 +52,18 @@ def png(image: Image.Image, level: int) -> bytes:
     return buffer.getvalue()
 
 
+def sequential_vs_parallel(runs: int, samples: int = 4) -> dict[str, tuple[float, float]]:
+    """Per output format: median seconds to encode `samples` pictures one after the other, and
+    in the worker's threads (`worker.encoding.encode_images`)."""
+    pictures = [realistic_picture(seed) for seed in range(samples)]
+    times = {}
+    for output_format in ("png", "jpeg", "webp"):
+        sequential = median_seconds(lambda f=output_format: [encode_image(p, f) for p in pictures], runs)
+        parallel = median_seconds(lambda f=output_format: encode_images([(p, f) for p in pictures]), runs)
+        times[output_format] = (sequential, parallel)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -66,11 +77,8 @@ def main() -> None:
         seconds = median_seconds(lambda level=level: png(image, level), args.runs)
         print(f"  {level}  {size:6.2f} MB  {seconds * 1000:7.1f} ms  {raw / seconds:7.1f}")
 
-    samples = [realistic_picture(seed) for seed in range(4)]
     print("4 samples at 768x1024: format, sequential s, parallel s, ratio")
-    for output_format in ("png", "jpeg", "webp"):
-        sequential = median_seconds(lambda f=output_format: [encode_image(s, f) for s in samples], args.runs)
-        parallel = median_seconds(lambda f=output_format: encode_images([(s, f) for s in samples]), args.runs)
+    for output_format, (sequential, parallel) in sequential_vs_parallel(args.runs).items():
         print(f"  {output_format:5} {sequential:6.3f} {parallel:6.3f}  {sequential / parallel:4.2f}x")
 
 

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
 from preprocess.labels import ATR_NUM_CLASSES, LIP_NUM_CLASSES
@@ -38,6 +40,9 @@ from tiny_checkpoints.diffusion import (
     save_unet,
     save_vae,
 )
+
+HOUSE_PHOTO = Path(__file__).resolve().parent.parent / "assets" / "models" / "0_astronaut.png"
+"""The bundled house model photo (`person_index` 0): the person every benchmark dresses."""
 
 UNET_IN_CHANNELS: dict[str, int] = {"unet_garm": 4, "unet_vton": 8}
 """The garment UNet sees the garment latent; the try-on UNet the noisy latent + the masked person."""
@@ -158,18 +163,43 @@ def write_ootd(root: Path, model_type: str, size: str = "full", device: torch.de
 
 
 def write_full_preprocess(root: Path) -> None:
-    """The OpenPose body network (random, published widths) and both parsing graphs (random,
-    SCHP-shaped, exported to ONNX) at their published paths under `root`."""
+    """The OpenPose body network (published widths) and both parsing graphs (random, SCHP-shaped,
+    exported to ONNX) at their published paths under `root`.
+
+    The pose network is random except for the channels that make it report one fixed person
+    (`tiny_checkpoints.pose`): a purely random one finds nobody, and the job would end at the pose
+    step instead of running the mask, the diffusion and the caches being measured."""
     from bench.bench_preprocess_parsing import export
-    from tiny_checkpoints.pose import published_weight_shapes, random_body_pose_state_dict
+    from tiny_checkpoints.pose import person_body_pose_state_dict, published_weight_shapes
 
     root = Path(root)
     pose = root / BODY_POSE
     pose.parent.mkdir(parents=True, exist_ok=True)
-    state = random_body_pose_state_dict(published_weight_shapes(), seed=0)
+    state = person_body_pose_state_dict(seed=0, shapes=published_weight_shapes())
     torch.save({key: value.contiguous() for key, value in state.items()}, pose)
+    priors = person_label_maps(root)
     for seed, (name, classes, side) in enumerate(PARSING_GRAPHS):
-        export(root / name, classes, side, seed=seed)
+        export(root / name, classes, side, seed=seed, prior=priors[name])
+
+
+def person_label_maps(root: Path) -> dict[str, np.ndarray]:
+    """What the tiny parsing graphs under `root` read in the house photo (per published file, at
+    the network's output size): the full-size graphs report it for every image, so that the
+    benchmarks' jobs find clothes where the (person-reporting) pose network puts the body."""
+    import onnxruntime as ort
+
+    from preprocess.parsing import FUSION_OUTPUT, INPUT_NAME, PARSE_SIZE, network_input, person_box_affine
+    from preprocess.preprocessor import OUTPUT_SIZE
+
+    photo = Image.open(HOUSE_PHOTO).convert("RGB").resize(OUTPUT_SIZE, Image.Resampling.BICUBIC)
+    rgb = np.asarray(photo.resize(PARSE_SIZE, Image.Resampling.BICUBIC))
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    maps = {}
+    for name, _, side in PARSING_GRAPHS:
+        session = ort.InferenceSession(str(root / name), providers=["CPUExecutionProvider"])
+        feed = {INPUT_NAME: network_input(bgr, person_box_affine(*PARSE_SIZE, side))}
+        maps[name] = np.argmax(session.run(None, feed)[FUSION_OUTPUT][0], axis=0)
+    return maps
 
 
 def write_tree(

@@ -1,16 +1,20 @@
 """`python -m bench.gpu` at the tiny size on the CPU: it runs end to end and reports every part.
 
 No timing is asserted (measurements belong in bench/); the tests check that every stage, load
-and memory row is there, that the tables are well formed and that the report lands on disk.
+and memory row is there, that the tables are well formed and that the report lands on disk; and
+that the benchmarks' bigger trees (`bench.models`) are what they claim to be.
 """
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bench import gpu
 from bench.models import FP16_GROUPS, SD15_UNET, UNET_CONFIGS, parameter_counts, weight_bytes, write_tree
@@ -92,6 +96,13 @@ def test_tiny_run_prints_every_section_as_a_well_formed_table(run, capsys) -> No
     assert _number(first["second request"][1]) > 0
     assert _number(first["child: warm_up()"][1]) > 0  # worker.warmup, in a fresh process
     assert _number(first["first request after warm-up"][1]) > 0
+    miss, hit = first["garment cache: miss (whole request)"], first["garment cache: hit (same garment again)"]
+    assert _number(miss[1]) > 0 and _number(hit[1]) > 0
+    assert hit[2].endswith("x the miss")
+    ratio = _number(hit[1]) / _number(miss[1])
+    assert _number(hit[2].removesuffix("x the miss")) == pytest.approx(ratio, abs=0.02)
+    for output_format in ("png", "jpeg", "webp"):
+        assert _number(first[f"4 x 768x1024 {output_format}, parallel encoding"][1]) > 0
     fp16 = load["cold load hd fp16 (diffusion)"]
     assert _number(fp16[1]) > 0
     assert _number(load["fp16 conversion (builder.to_fp16)"][1]) > 0
@@ -212,3 +223,24 @@ def test_fp16_bytes_count_what_builder_to_fp16_casts() -> None:
     unets = {part.listed for part in parts() if part.listed.startswith(f"{layout.OOTD_DIR}/ootd_")}
     assert unets <= halved and halved - unets == {layout.VAE_WEIGHTS}
     assert set(FP16_GROUPS) == {"unet_garm", "unet_vton", "vae"}
+
+
+def test_real_size_preprocessing_reports_the_tiny_trees_person(tiny_root: Path, tmp_path: Path) -> None:
+    """The mid and full trees' pose and parsing networks do the published arithmetic yet find the
+    person the tiny ones find, so a benchmarked job reaches the mask, the diffusion and the caches
+    instead of ending at "no person detected"."""
+    from bench.models import HOUSE_PHOTO, write_full_preprocess
+    from preprocess import Preprocessor
+
+    shutil.copytree(tiny_root, tmp_path / "tree")
+    write_full_preprocess(tmp_path / "tree")
+    person = Image.open(HOUSE_PHOTO)
+    tiny = Preprocessor.from_checkpoints(tiny_root, device="cpu")(person)
+    full = Preprocessor.from_checkpoints(tmp_path / "tree", device="cpu")(person)
+    np.testing.assert_allclose(full.keypoints, tiny.keypoints)
+    # The prior is the tiny graphs' argmax at the networks' output size; upsampling one-hot logits
+    # instead of the tiny ones' moves class boundaries by a few pixels, no more.
+    assert set(np.unique(full.parse)) == set(np.unique(tiny.parse))
+    assert (full.parse == tiny.parse).mean() > 0.9
+    full_mask, tiny_mask = np.asarray(full.mask) > 0, np.asarray(tiny.mask) > 0
+    assert (full_mask & tiny_mask).sum() / (full_mask | tiny_mask).sum() > 0.9

@@ -131,8 +131,9 @@ class _Painter:
             weight[slot, in_offset + slot, tap[0], tap[1]] += 1.0
 
 
-def person_body_pose_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Tiny weights that report the `SKELETON_GRID` person for every 384x512 image.
+def person_body_pose_state_dict(seed: int = 0, shapes: Shapes | None = None) -> dict[str, torch.Tensor]:
+    """Weights that report the `SKELETON_GRID` person for every 384x512 image: tiny, or at `shapes`
+    (e.g. `published_weight_shapes()`, for benchmarks that need the real arithmetic and a person).
 
     The stem makes a constant channel (bias 1, no image weights) and, at 1/8 resolution, starts the
     row and column ramps; stage 1 and stage 2 (L1 branch) grow them to cover all 23 rows and 18
@@ -140,7 +141,7 @@ def person_body_pose_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     direction everywhere; stage 6 L2 computes |column - c_k| and |row - r_k| with ReLU pairs and
     draws a bump max(0, 1 - distance / BUMP_RADIUS) per part.
     """
-    state = random_body_pose_state_dict(tiny_weight_shapes(), seed)
+    state = random_body_pose_state_dict(shapes or tiny_weight_shapes(), seed)
     paint = _Painter(state)
     const, row, col = paint.CONST, paint.ROW, paint.COL
 
