@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 from bench.models import HOUSE_PHOTO
-from worker.encoding import encode_images
-from worker.images import encode_image
+from worker.encoding import encode_image, encode_images
 
 SIZE = (768, 1024)
 

@@ -196,8 +196,9 @@ class Without(importlib.abc.MetaPathFinder):
         finder = getattr(self.finder, "find_distributions", None)
         return finder(*args, **kwargs) if finder else []
 sys.meta_path[:] = [Without(finder) for finder in sys.meta_path]
-import bench.gpu, bench.models, builder.to_fp16, preprocess.preprocessor, tiny_checkpoints
-import worker.encoding, worker.warmup
+import bench.bench_encoding, bench.gpu, bench.models, builder.to_fp16
+import preprocess.preprocessor, tiny_checkpoints
+import ootd.garment_cache, worker.encoding, worker.warmup
 assert not any(name.split(".")[0] in {absent!r} for name in sys.modules)
 print("imported")
 """
