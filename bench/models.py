@@ -163,12 +163,14 @@ def write_ootd(root: Path, model_type: str, size: str = "full", device: torch.de
 
 
 def write_full_preprocess(root: Path) -> None:
-    """The OpenPose body network (published widths) and both parsing graphs (random, SCHP-shaped,
-    exported to ONNX) at their published paths under `root`.
+    """The OpenPose body network (published widths) and both parsing graphs (SCHP-shaped,
+    exported to ONNX) at their published paths under `root`, which must hold the tiny tree.
 
-    The pose network is random except for the channels that make it report one fixed person
-    (`tiny_checkpoints.pose`): a purely random one finds nobody, and the job would end at the pose
-    step instead of running the mask, the diffusion and the caches being measured."""
+    Both are random except for what makes them report one fixed person: the pose network's
+    painted channels (`tiny_checkpoints.pose`) and the parsing graphs' logit prior (what the tiny
+    graphs read in the house photo, `person_label_maps`). Purely random ones find nobody, and a
+    job would end at the pose or mask step instead of running the diffusion and the caches being
+    measured."""
     from bench.bench_preprocess_parsing import export
     from tiny_checkpoints.pose import person_body_pose_state_dict, published_weight_shapes
 
