@@ -99,10 +99,7 @@ def loading_failure(settings: Settings, failure: GpuFailure, detail: str) -> str
     message = f"loading the models ({types}) failed on the GPU ({detail})"
     if failure is not GpuFailure.OUT_OF_MEMORY:
         return message
-    card = ""
-    if torch.cuda.is_available():
-        properties = torch.cuda.get_device_properties(torch.cuda.current_device())
-        card = f"the {properties.name} has {properties.total_memory / 2**30:.0f} GiB; "
+    card = f"the card is {gpu_card(torch.cuda.current_device())}; " if torch.cuda.is_available() else ""
     fewer = " or fewer model types (e.g. OOTD_MODEL_TYPES=hd)" if len(settings.model_types) > 1 else ""
     return f"{message}: {card}use a GPU with more memory{fewer}"
 
@@ -146,14 +143,19 @@ def describe(runtime: Runtime, session_providers: Sequence[Sequence[str]]) -> st
     device = pipeline.unet_vton.device
     where = str(device)
     if device.type == "cuda":
-        properties = torch.cuda.get_device_properties(device)
-        where += f" ({properties.name}, {properties.total_memory / 2**30:.1f} GiB)"
+        where += f" ({gpu_card(device)})"
     versions = ", ".join(f"{name} {_version(name)}" for name in VERSIONED_PACKAGES)
     used = sorted({name for providers in session_providers for name in providers})
     return (
         f"{where}, {str(pipeline.unet_vton.dtype).removeprefix('torch.')}, models "
         f"{','.join(runtime.pipelines)}; {versions}; parsing providers {', '.join(used) or 'none'}"
     )
+
+
+def gpu_card(device: torch.device | int) -> str:
+    """`NVIDIA H100 80GB HBM3, 79.1 GiB`: the card's name and memory, as the log lines give them."""
+    properties = torch.cuda.get_device_properties(device)
+    return f"{properties.name}, {properties.total_memory / 2**30:.1f} GiB"
 
 
 def _version(package: str) -> str:
