@@ -66,16 +66,14 @@ CHILD_DEADLINE_S = 420.0
 """The warm-up child is killed (and reported as failed) at this point of the run."""
 
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "full": {"resolution": (1024, 768), "steps": 20, "reps": 3, "quick_reps": 1},
-    "mid": {"resolution": (512, 384), "steps": 20, "reps": 1, "quick_reps": 1},
-    "tiny": {"resolution": (128, 128), "steps": 2, "reps": 2, "quick_reps": 1},
-}
-"""Per tree size (`bench.models.SIZES`): what a run measures unless told otherwise."""
-NETWORKS: dict[str, str] = {
-    "full": "published architectures, full size, random weights",
-    "mid": "published architectures, UNets and VAE at half width, random weights",
-    "tiny": "tiny",
-}
+    "full": {"resolution": (1024, 768), "steps": 20, "reps": 3, "quick_reps": 1,
+             "networks": "published architectures, full size, random weights"},
+    "mid": {"resolution": (512, 384), "steps": 20, "reps": 1, "quick_reps": 1,
+            "networks": "published architectures, UNets and VAE at half width, random weights"},
+    "tiny": {"resolution": (128, 128), "steps": 2, "reps": 2, "quick_reps": 1, "networks": "tiny"},
+}  # fmt: skip
+"""Per tree size (`bench.models.SIZES`): what a run measures unless told otherwise, and what the
+report calls its networks."""
 PEAK_KEYS = ("peak_allocated", "peak_reserved", "peak_device_used")
 SCALES = (2.0, 1.0)
 SAMPLES = (1, 4)
@@ -343,8 +341,7 @@ def rectangle_mask(width: int, height: int) -> Image.Image:
 def run_request(pipe: Any, preprocessor: Any, request: Request, device: torch.device) -> Timing:
     """Time one request stage by stage (every stage ends with a device synchronisation)."""
     from preprocess import PreprocessError
-    from preprocess.parsing import PARSE_SIZE
-    from preprocess.preprocessor import OUTPUT_SIZE
+    from preprocess.preprocessor import parse_input
     from worker.encoding import encode_image
 
     person, garment = pictures()
@@ -353,8 +350,7 @@ def run_request(pipe: Any, preprocessor: Any, request: Request, device: torch.de
     sync(device)
     start = time.perf_counter()
 
-    # Preprocessing sees the published 768x1024 -> 384x512 chain (as `Preprocessor.__call__`).
-    small = person.resize(OUTPUT_SIZE, Image.Resampling.BICUBIC).resize(PARSE_SIZE, Image.Resampling.BICUBIC)
+    small = parse_input(person)  # what `Preprocessor.__call__` gives pose and parsing
     stage = time.perf_counter()
     try:
         preprocessor.pose(small)
@@ -882,7 +878,7 @@ def main(argv: list[str] | None = None) -> str:
         "device": device_name(device),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         **versions(),
-        "networks": NETWORKS[args.size],
+        "networks": RUN_DEFAULTS[args.size]["networks"],
         "dtype (UNets, VAE)": str(dtype).removeprefix("torch."),
         "tokenizer": "tiny (tiny_checkpoints.diffusion; ids within CLIP's vocabulary, same prompt lengths)",
         "mask": "fixed torso rectangle (pose and parsing are timed on their own)",

@@ -191,10 +191,9 @@ def person_label_maps(root: Path) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     from preprocess.parsing import FUSION_OUTPUT, INPUT_NAME, PARSE_SIZE, network_input, person_box_affine
-    from preprocess.preprocessor import OUTPUT_SIZE
+    from preprocess.preprocessor import parse_input
 
-    photo = Image.open(HOUSE_PHOTO).convert("RGB").resize(OUTPUT_SIZE, Image.Resampling.BICUBIC)
-    rgb = np.asarray(photo.resize(PARSE_SIZE, Image.Resampling.BICUBIC))
+    rgb = np.asarray(parse_input(Image.open(HOUSE_PHOTO).convert("RGB")))
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     maps = {}
     for name, _, side in PARSING_GRAPHS:

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 OUTPUT_SIZE = MODEL_FRAME
 """The published models' frame, (width, height): the default mask size."""
 
+
+
+def parse_input(image: Image.Image) -> Image.Image:
+    """What pose and parsing see of a photo: the published 768x1024 frame, then the parser's
+    384x512, bicubic both times as in the published scripts."""
+    bicubic = Image.Resampling.BICUBIC
+    return image.resize(OUTPUT_SIZE, bicubic).resize(PARSE_SIZE, bicubic)
+
+
 PoseEstimator = Callable[[Image.Image], np.ndarray]
 Parser = Callable[[Image.Image], np.ndarray]
 
@@ -102,9 +111,7 @@ class Preprocessor:
             return GarmentResult(image=image, photo_type="flat", parse=None)
         if self.parser is None:
             raise RuntimeError("this Preprocessor was built without a parsing network: send flat garments")
-        # The person's chain: the published frame, then the parser's input size.
-        bicubic = Image.Resampling.BICUBIC
-        small = image.resize(OUTPUT_SIZE, bicubic).resize(PARSE_SIZE, bicubic)
+        small = parse_input(image)  # the person's chain
         parse = np.asarray(self.parser(small), dtype=np.uint8)
         if photo_type == "auto" and not person_in_parse(parse):
             return GarmentResult(image=image, photo_type="flat", parse=parse)
@@ -132,11 +139,9 @@ class Preprocessor:
             return PreprocessResult(mask=user_mask(mask, size), keypoints=None, parse=None, person=person_rgb)
         if self.pose is None or self.parser is None:
             raise RuntimeError("this Preprocessor was built without pose/parsing networks: pass a mask")
-        # Pose and parsing always see the published 768x1024 -> 384x512 chain, whatever `size`
-        # the caller diffuses at, so a preview resolution gets the same mask (scaled) as 1024x768.
-        bicubic = Image.Resampling.BICUBIC
-        published = person_rgb if size == OUTPUT_SIZE else upright.resize(OUTPUT_SIZE, bicubic)
-        small = published.resize(PARSE_SIZE, bicubic)
+        # Whatever `size` the caller diffuses at, so a preview resolution gets the same mask
+        # (scaled) as 1024x768; at the frame size the resized photo is reused (same pixels).
+        small = parse_input(person_rgb if size == OUTPUT_SIZE else upright)
         keypoints = np.asarray(self.pose(small), dtype=np.float64).reshape(18, 2)
         parse = np.asarray(self.parser(small), dtype=np.uint8)
         small_mask = agnostic_mask(parse, keypoints, model_type, category)
