@@ -2,9 +2,11 @@
 tiny pipelines on it, and a real S3 server."""
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from worker_support import ALLOW_PRIVATE_URLS, FileServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,3 +79,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 def s3_bucket(s3_server) -> str:
     """A fresh, empty bucket on the session's S3 server."""
     return s3_server.create_bucket()
+
+
+@pytest.fixture
+def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lift the SDK's private-address refusal: the tests' image hosts are on 127.0.0.1."""
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
+
+
+@pytest.fixture
+def file_server() -> Iterator[FileServer]:
+    """A loopback image host for one test (`FileServer`)."""
+    with FileServer() as server:
+        yield server

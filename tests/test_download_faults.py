@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from worker_support import BrokenBodyServer, DripServer, FileServer, SilentServer, image_bytes
+from worker_support import DEADLINE_SLACK, BrokenBodyServer, DripServer, SilentServer, image_bytes
 
 from worker.config import Settings
 from worker.errors import InputError
@@ -18,19 +18,10 @@ from worker.images import fetch_url, read_images
 from worker.schema import ImageRef
 
 DEADLINE = 1.5
-DEADLINE_SLACK = 2.0
 SETTINGS = Settings(download_connect_timeout=1.0, download_timeout=DEADLINE, max_input_bytes=200_000)
 
 
-@pytest.fixture(autouse=True)
-def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
-
-
-@pytest.fixture
-def files():
-    with FileServer() as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("allow_loopback")
 
 
 def refs(person: str, garment: str, mask: str | None = None) -> list[ImageRef]:
@@ -38,13 +29,13 @@ def refs(person: str, garment: str, mask: str | None = None) -> list[ImageRef]:
     return found + ([ImageRef("mask", "url", mask)] if mask else [])
 
 
-def test_healthy_urls_are_fetched_together_in_order(files) -> None:
-    person = files.add("/p.png", image_bytes((30, 40)))
-    garment = files.add("/g.png", image_bytes((20, 20), seed=3))
-    mask = files.add("/m.png", image_bytes((30, 40), mode="L"))
+def test_healthy_urls_are_fetched_together_in_order(file_server) -> None:
+    person = file_server.add("/p.png", image_bytes((30, 40)))
+    garment = file_server.add("/g.png", image_bytes((20, 20), seed=3))
+    mask = file_server.add("/m.png", image_bytes((30, 40), mode="L"))
     images = read_images(refs(person, garment, mask), SETTINGS)
     assert [image.size for image in images] == [(30, 40), (20, 20), (30, 40)]
-    assert sorted(files.requests) == ["/g.png", "/m.png", "/p.png"]
+    assert sorted(file_server.requests) == ["/g.png", "/m.png", "/p.png"]
 
 
 def test_three_silent_hosts_share_one_deadline() -> None:
@@ -68,22 +59,22 @@ def test_two_dripping_hosts_share_one_deadline() -> None:
         assert time.monotonic() - start < DEADLINE + DEADLINE_SLACK
 
 
-def test_a_fast_picture_and_a_silent_one_fail_on_the_silent_one(files) -> None:
-    garment = files.add("/g.png", image_bytes((20, 20)))
+def test_a_fast_picture_and_a_silent_one_fail_on_the_silent_one(file_server) -> None:
+    garment = file_server.add("/g.png", image_bytes((20, 20)))
     with SilentServer() as silent:
         start = time.monotonic()
         with pytest.raises(InputError, match=r"^mask: the download from 127\.0\.0\.1 timed out"):
-            read_images(refs(files.url("/g.png"), garment, silent.url("/private/m.png")), SETTINGS)
+            read_images(refs(file_server.url("/g.png"), garment, silent.url("/private/m.png")), SETTINGS)
         assert time.monotonic() - start < DEADLINE + DEADLINE_SLACK
 
 
-def test_a_failed_picture_does_not_wait_for_the_slow_ones(files) -> None:
+def test_a_failed_picture_does_not_wait_for_the_slow_ones(file_server) -> None:
     # The garment is a 404 at once: the job ends then, not at the silent person's deadline.
     settings = replace(SETTINGS, download_timeout=30.0)
     with SilentServer() as silent:
         start = time.monotonic()
         with pytest.raises(InputError, match=r"^garment: the URL on 127\.0\.0\.1 answered HTTP 404$"):
-            read_images(refs(silent.url(), files.url("/missing.png")), settings)
+            read_images(refs(silent.url(), file_server.url("/missing.png")), settings)
         assert time.monotonic() - start < settings.download_timeout / 2
 
 
@@ -100,9 +91,9 @@ def test_a_host_hanging_up_mid_body_is_named_without_the_path(reset: bool) -> No
     assert message == "garment: the host 127.0.0.1 closed the connection before the whole file arrived"
 
 
-def test_a_fresh_deadline_per_job(files) -> None:
+def test_a_fresh_deadline_per_job(file_server) -> None:
     # A job that timed out leaves nothing behind: the next one gets its whole budget.
     with SilentServer() as silent, pytest.raises(InputError):
         read_images(refs(silent.url(), silent.url()), SETTINGS)
-    garment = files.add("/g.png", image_bytes((20, 20)))
+    garment = file_server.add("/g.png", image_bytes((20, 20)))
     assert [image.size for image in read_images(refs(garment, garment), SETTINGS)] == [(20, 20)] * 2

@@ -31,7 +31,7 @@ from typing import ClassVar
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from worker_support import data_uri, image_bytes
+from worker_support import ALLOW_PRIVATE_URLS, data_uri, image_bytes
 
 import handler
 from ootd.layout import MODEL_TYPES
@@ -321,7 +321,7 @@ def fuzz_env(tiny_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CHECKPOINTS_DIR", str(tiny_root))
         patch.setenv("EXTRA_RESOLUTIONS", TINY_RESOLUTION)
-        patch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+        patch.delenv(ALLOW_PRIVATE_URLS, raising=False)
         patch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
         for name in list(os.environ):
             if name.startswith(("BUCKET_", "AWS_", "S3_")) or name.lower() in ("http_proxy", "https_proxy"):

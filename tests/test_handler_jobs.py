@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from worker_support import FileServer, SilentServer, data_uri, image_bytes, png_claiming_size
+from worker_support import (
+    ALLOW_PRIVATE_URLS,
+    FileServer,
+    SilentServer,
+    data_uri,
+    image_bytes,
+    png_claiming_size,
+)
 
 import handler
 from worker.config import Settings
@@ -39,7 +46,7 @@ def worker_env(tiny_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CHECKPOINTS_DIR", str(tiny_root))
         patch.setenv("EXTRA_RESOLUTIONS", "256x192")
-        patch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+        patch.setenv(ALLOW_PRIVATE_URLS, "true")
         patch.setenv("DOWNLOAD_TIMEOUT", "0.5")
         patch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
         for name in BUCKET_VARIABLES:
@@ -335,13 +342,13 @@ def test_every_bad_input_gets_one_clear_sentence_and_the_next_job_works(
 
     # A private address (127.0.0.1 here) with the override off: refused before any request.
     url = files.add("/private.png", image_bytes((60, 80)))
-    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS")
+    monkeypatch.delenv(ALLOW_PRIVATE_URLS)
     result = run(good_input(garment_uri, garment=url))
     assert result == {"error": "garment: 127.0.0.1 is a private, loopback or link-local address, "
                                "which the worker does not fetch"}  # fmt: skip
     assert "/private.png" not in files.requests
     # The next valid job (the same URL, now allowed) still succeeds.
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
     assert_ok(run(good_input(garment_uri, garment=url)))
 
 

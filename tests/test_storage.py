@@ -14,23 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image
 from s3_server import S3Server, start_seaweedfs
+from worker_support import ALLOW_PRIVATE_URLS
 
 from storage import RetryPolicy, StorageConfigError, StoredImage, load_settings, store_images
 from storage.s3 import CONNECT_TIMEOUT, UploadError, client_for, put_with_retries
 
 WRONG_SECRET = "wrong-secret-Zq81XkL0pV"  # distinctive so a leak is easy to spot
-ALLOW_PRIVATE = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"
 
 
 @pytest.fixture
 def allow_private_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a job's s3Config point at the test server on 127.0.0.1 (refused by default)."""
-    monkeypatch.setenv(ALLOW_PRIVATE, "true")
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
 
 
 @pytest.fixture
 def refuse_private_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ALLOW_PRIVATE, raising=False)
+    monkeypatch.delenv(ALLOW_PRIVATE_URLS, raising=False)
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (24, 32)) -> bytes:

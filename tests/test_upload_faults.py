@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from s3_server import S3Server, start_seaweedfs
-from worker_support import DelayingProxy
+from worker_support import ALLOW_PRIVATE_URLS, DelayingProxy
 
 from storage import OutputFile, StoredImage, store_images, store_outputs
 from storage.s3 import client_for
@@ -159,7 +159,7 @@ def test_a_job_endpoint_is_dialled_at_the_address_that_was_checked(s3_server, s3
     # A name that answers the real server's address to the check and an address where nothing
     # listens afterwards (DNS rebinding, played by the resolver every lookup goes through).
     # Only loopback addresses are ever handed out: nothing can leave this machine.
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
     name, port = "s3.rebinding.test", upstream(s3_server)[1]
     real_lookup, lookups = socket.getaddrinfo, []
 

@@ -6,10 +6,9 @@ import logging
 
 import pytest
 from serve_support import WebhookReceiver
+from worker_support import ALLOW_PRIVATE_URLS
 
 from worker.webhook import deliver, webhook_problem
-
-ALLOW_PRIVATE = "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS"
 
 
 @pytest.fixture
@@ -22,7 +21,7 @@ def receiver():
 def test_a_loopback_webhook_is_refused_without_the_escape_hatch(
     receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delenv(ALLOW_PRIVATE, raising=False)
+    monkeypatch.delenv(ALLOW_PRIVATE_URLS, raising=False)
     with caplog.at_level(logging.WARNING, logger="worker.webhook"):
         assert deliver(receiver.url(), {"id": "j"}, pause=0) is False
     assert receiver.bodies == []
@@ -30,7 +29,7 @@ def test_a_loopback_webhook_is_refused_without_the_escape_hatch(
 
 
 def test_delivered_with_the_escape_hatch_and_retried_on_an_error_status(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(ALLOW_PRIVATE, "true")
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
     ok = WebhookReceiver()
     failing = WebhookReceiver(status=500)
     try:

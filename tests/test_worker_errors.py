@@ -7,7 +7,7 @@ shape of input JSON can take; tests/test_fuzz.py explores the inputs nobody list
 import json
 
 import pytest
-from worker_support import LoopbackHTTPServer, QuietHandler, data_uri, image_bytes
+from worker_support import ALLOW_PRIVATE_URLS, LoopbackHTTPServer, QuietHandler, data_uri, image_bytes
 
 import handler
 from storage import StorageConfigError, load_settings
@@ -184,7 +184,7 @@ class _RefusingS3(QuietHandler):
 def test_a_warning_from_the_jobs_own_s3_endpoint_is_bounded(tiny_root, monkeypatch) -> None:
     monkeypatch.setenv("CHECKPOINTS_DIR", str(tiny_root))
     monkeypatch.setenv("EXTRA_RESOLUTIONS", "256x192")
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")  # the endpoint is on 127.0.0.1
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")  # the endpoint is on 127.0.0.1
     monkeypatch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
     with LoopbackHTTPServer(_RefusingS3) as server:
         s3_config = {"endpointUrl": server.base_url, "bucketName": "b",

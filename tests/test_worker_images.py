@@ -8,7 +8,15 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 from runpod.serverless.utils.rp_ssrf import is_safe_address
-from worker_support import DripServer, FileServer, SilentServer, data_uri, image_bytes, png_claiming_size
+from worker_support import (
+    ALLOW_PRIVATE_URLS,
+    DEADLINE_SLACK,
+    DripServer,
+    SilentServer,
+    data_uri,
+    image_bytes,
+    png_claiming_size,
+)
 
 from worker.config import Settings
 from worker.errors import InputError
@@ -24,67 +32,57 @@ from worker.images import (
 from worker.schema import ImageRef
 
 SETTINGS = Settings(download_connect_timeout=2.0, download_timeout=1.0, max_input_bytes=200_000)
-# What a job may take past its download deadline (issue 10: "the deadline plus a second or two").
-DEADLINE_SLACK = 2.0
-
-
-@pytest.fixture
-def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
-
-
-@pytest.fixture
-def server():
-    with FileServer() as files:
-        yield files
 
 
 def url_ref(url: str, field: str = "person") -> ImageRef:
     return ImageRef(field, "url", url)
 
 
-def test_url_download_decodes_by_content_not_header(server, allow_loopback) -> None:
+def test_url_download_decodes_by_content_not_header(file_server, allow_loopback) -> None:
     png = image_bytes((60, 80))
     # The server claims JPEG under a .txt name: the content decides.
-    url = server.add("/picture.txt", png, headers={"Content-Type": "image/jpeg"})
+    url = file_server.add("/picture.txt", png, headers={"Content-Type": "image/jpeg"})
     image = read_image(url_ref(url), SETTINGS)
     assert image.format == "PNG" and image.size == (60, 80)
 
 
-def test_redirects_are_followed_but_bounded(server, allow_loopback) -> None:
+def test_redirects_are_followed_but_bounded(file_server, allow_loopback) -> None:
     png = image_bytes((32, 32))
-    server.add("/final.png", png)
-    first = server.redirect("/a", server.url("/final.png"))
+    file_server.add("/final.png", png)
+    first = file_server.redirect("/a", file_server.url("/final.png"))
     assert read_image(url_ref(first), SETTINGS).size == (32, 32)
 
-    server.redirect("/loop", server.url("/loop"))
+    file_server.redirect("/loop", file_server.url("/loop"))
     with pytest.raises(InputError, match=r"person: the URL redirected more than 3 times"):
-        fetch_url(url_ref(server.url("/loop")), SETTINGS)
-    assert server.requests.count("/loop") == SETTINGS.download_max_redirects + 1
+        fetch_url(url_ref(file_server.url("/loop")), SETTINGS)
+    assert file_server.requests.count("/loop") == SETTINGS.download_max_redirects + 1
 
 
-def test_http_error_status_names_field_and_status(server, allow_loopback) -> None:
+def test_http_error_status_names_field_and_status(file_server, allow_loopback) -> None:
     with pytest.raises(InputError, match=r"^garment: the URL on 127\.0\.0\.1 answered HTTP 404$"):
-        fetch_url(url_ref(server.url("/missing.png?token=SECRET123"), "garment"), SETTINGS)
+        fetch_url(url_ref(file_server.url("/missing.png?token=SECRET123"), "garment"), SETTINGS)
 
 
-def test_url_path_and_query_never_appear_in_errors(server, allow_loopback) -> None:
-    url = server.url("/private/path.png?X-Amz-Signature=SECRET123")
+def test_url_path_and_query_never_appear_in_errors(file_server, allow_loopback) -> None:
+    url = file_server.url("/private/path.png?X-Amz-Signature=SECRET123")
     with pytest.raises(InputError) as caught:
         fetch_url(url_ref(url), SETTINGS)
     assert "SECRET123" not in str(caught.value) and "/private" not in str(caught.value)
 
 
-def test_download_byte_cap_with_and_without_content_length(server, allow_loopback) -> None:
+def test_download_byte_cap_with_and_without_content_length(file_server, allow_loopback) -> None:
     big = b"\0" * (SETTINGS.max_input_bytes + 1)
     with pytest.raises(InputError, match=r"larger than the 0\.2 MB limit"):
-        fetch_url(url_ref(server.add("/declared", big)), SETTINGS)
+        fetch_url(url_ref(file_server.add("/declared", big)), SETTINGS)
     # Without a Content-Length (a close-delimited body) the cap applies while reading.
-    server.add("/undeclared", big, headers={"Content-Length": ""})
+    file_server.add("/undeclared", big, headers={"Content-Length": ""})
     with pytest.raises(InputError, match=r"larger than the 0\.2 MB limit"):
-        fetch_url(url_ref(server.url("/undeclared")), SETTINGS)
+        fetch_url(url_ref(file_server.url("/undeclared")), SETTINGS)
     small = image_bytes((16, 16))
-    assert fetch_url(url_ref(server.add("/small", small, headers={"Content-Length": ""})), SETTINGS) == small
+    assert (
+        fetch_url(url_ref(file_server.add("/small", small, headers={"Content-Length": ""})), SETTINGS)
+        == small
+    )
 
 
 def test_silent_server_times_out_quickly(allow_loopback) -> None:
@@ -133,23 +131,23 @@ def test_malformed_url_is_an_input_error(url: str, reason: str) -> None:
     assert str(caught.value) == f"garment: not a valid URL ({reason})"
 
 
-def test_redirect_to_a_malformed_url_is_an_input_error(server, allow_loopback) -> None:
-    url = server.redirect("/bad", "http://[::1/secret-path.png")
+def test_redirect_to_a_malformed_url_is_an_input_error(file_server, allow_loopback) -> None:
+    url = file_server.redirect("/bad", "http://[::1/secret-path.png")
     with pytest.raises(InputError) as caught:
         fetch_url(url_ref(url), SETTINGS)
     assert str(caught.value) == "person: not a valid URL (a redirect from 127.0.0.1 cannot be parsed)"
 
 
-def test_private_address_refused_without_override(server, monkeypatch) -> None:
-    monkeypatch.delenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", raising=False)
+def test_private_address_refused_without_override(file_server, monkeypatch) -> None:
+    monkeypatch.delenv(ALLOW_PRIVATE_URLS, raising=False)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    url = server.add("/ok.png", image_bytes())
+    url = file_server.add("/ok.png", image_bytes())
     with pytest.raises(InputError, match=r"private, loopback or link-local address"):
         fetch_url(url_ref(url), SETTINGS)
     with pytest.raises(InputError, match=r"private, loopback or link-local address"):
         fetch_url(url_ref(url.replace("127.0.0.1", "127.0.0.2")), SETTINGS)
-    assert server.requests == []  # nothing was ever sent to the private address
+    assert file_server.requests == []  # nothing was ever sent to the private address
     # Cloud metadata and private ranges are refused by the same classification; checked without
     # a request, so that a regression could never send traffic off this machine.
     for address in ("169.254.169.254", "10.0.0.1", "192.168.1.1", "172.16.0.1", "100.64.0.1", "::1"):
@@ -157,10 +155,10 @@ def test_private_address_refused_without_override(server, monkeypatch) -> None:
     assert is_safe_address("93.184.216.34")
 
 
-def test_every_redirect_hop_is_checked(server, monkeypatch) -> None:
+def test_every_redirect_hop_is_checked(file_server, monkeypatch) -> None:
     # The guard re-checks each hop: a redirect to a file:// URL is refused after an allowed first hop.
-    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
-    url = server.redirect("/to-file", "file:///etc/passwd")
+    monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
+    url = file_server.redirect("/to-file", "file:///etc/passwd")
     with pytest.raises(InputError, match=r"only http and https URLs are allowed"):
         fetch_url(url_ref(url), SETTINGS)
 
