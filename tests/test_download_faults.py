@@ -139,44 +139,39 @@ def test_a_fresh_deadline_per_job(file_server) -> None:
     assert [image.size for image in read_images(refs(garment, garment), SETTINGS)] == [(20, 20)] * 2
 
 
-def assert_next_job_gets_its_pictures(file_server) -> None:
+def assert_stopped_at_the_deadline(job: list[ImageRef], host: SlowHost, file_server) -> None:
+    """The job fails on its garment's timeout within the deadline's slack, the worker has hung up
+    on the host, no download thread is left, and the next job gets its pictures."""
+    start = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        read_images(job, SETTINGS)
+    elapsed = time.monotonic() - start
+    assert fetch_threads() == []
+    assert host.hung_up.wait(1.0)
+    assert str(caught.value) == TIMED_OUT
+    assert elapsed < DEADLINE + DEADLINE_SLACK
     url = file_server.add("/next.png", image_bytes((20, 20)))
-    for job in ([ImageRef("garment", "url", url)], refs(url, url)):
-        assert [image.size for image in read_images(job, SETTINGS)] == [(20, 20)] * len(job)
+    for next_job in ([ImageRef("garment", "url", url)], refs(url, url)):
+        assert [image.size for image in read_images(next_job, SETTINGS)] == [(20, 20)] * len(next_job)
 
 
 @pytest.mark.parametrize("concurrent", [False, True], ids=["one-url", "with-a-person-url"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_slow_host_fails_the_job_at_its_deadline(shape: str, concurrent: bool, file_server) -> None:
     # One URL is read in the job's own thread (a job with person_index and a garment URL); two
-    # or more go through the pool. Either way the garment stops at the deadline, the worker hangs
-    # up on the host, and no download thread outlives the job.
+    # or more go through the pool. Either way the garment stops at the deadline.
     with SlowHost(LIFETIME, **SHAPES[shape]) as host:
         garment = ImageRef("garment", "url", host.url("/g.jpg?sig=SECRET"))
-        job = [ImageRef("person", "url", file_server.add("/p.png", image_bytes((30, 40)))), garment]
-        start = time.monotonic()
-        with pytest.raises(InputError) as caught:
-            read_images(job if concurrent else [garment], SETTINGS)
-        elapsed = time.monotonic() - start
-        assert fetch_threads() == []
-        assert host.hung_up.wait(1.0)
-    assert str(caught.value) == TIMED_OUT
-    assert elapsed < DEADLINE + DEADLINE_SLACK
-    assert_next_job_gets_its_pictures(file_server)
+        person = ImageRef("person", "url", file_server.add("/p.png", image_bytes((30, 40))))
+        assert_stopped_at_the_deadline([person, garment] if concurrent else [garment], host, file_server)
 
 
 def test_a_slow_host_behind_a_redirect_fails_the_job_at_its_deadline(file_server) -> None:
     # Each hop is a connection of its own; the one to the slow host is stopped too.
     with SlowHost(LIFETIME, **SHAPES["drip-http-1.0"]) as host:
         garment = ImageRef("garment", "url", file_server.redirect("/moved.jpg", host.url("/g.jpg")))
-        start = time.monotonic()
-        with pytest.raises(InputError) as caught:
-            read_images([garment], SETTINGS)
-        elapsed = time.monotonic() - start
-        assert host.hung_up.wait(1.0)
-    assert file_server.requests == ["/moved.jpg"]
-    assert str(caught.value) == TIMED_OUT
-    assert elapsed < DEADLINE + DEADLINE_SLACK
+        assert_stopped_at_the_deadline([garment], host, file_server)
+    assert file_server.requests[0] == "/moved.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -192,16 +187,7 @@ def test_a_slow_https_host_fails_the_job_at_its_deadline(
     context, certificate = loopback_tls
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate))
     with SlowHost(LIFETIME, tls=context, **SHAPES[shape]) as host:
-        garment = ImageRef("garment", "url", host.url("/g.jpg"))
-        start = time.monotonic()
-        with pytest.raises(InputError) as caught:
-            read_images([garment], SETTINGS)
-        elapsed = time.monotonic() - start
-        assert fetch_threads() == []
-        assert host.hung_up.wait(1.0)
-    assert str(caught.value) == TIMED_OUT
-    assert elapsed < DEADLINE + DEADLINE_SLACK
-    assert_next_job_gets_its_pictures(file_server)
+        assert_stopped_at_the_deadline([ImageRef("garment", "url", host.url("/g.jpg"))], host, file_server)
 
 
 def test_an_https_host_is_fetched_through_the_guard(loopback_tls, monkeypatch) -> None:
