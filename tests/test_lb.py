@@ -133,9 +133,12 @@ def lb(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """The LB server on a free loopback port, ready (/ping 200); yields (port, log path)."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("lb") / "server.log"
+    # PORT_HEALTH: every test here also goes through the middleware that keeps that port to /ping.
+    # DOWNLOAD_TIMEOUT: a held job's download must outlast the slowest test that holds it.
     env = served_worker_env(
-        tiny_root, LOCAL_API_KEY=API_KEY, PROGRESS_EVERY="1", MAX_INLINE_BYTES=str(MAX_INLINE)
-    )
+        tiny_root, LOCAL_API_KEY=API_KEY, PROGRESS_EVERY="1", MAX_INLINE_BYTES=str(MAX_INLINE),
+        PORT_HEALTH=str(free_port()), DOWNLOAD_TIMEOUT="600",
+    )  # fmt: skip
     env.pop("LB_MAX_WAITING", None)  # the default, as deployed
     command = [sys.executable, "-m", "worker.serve", "--lb", "--port", str(port)]
     ping = f"http://127.0.0.1:{port}/ping"
@@ -252,6 +255,11 @@ def test_a_client_that_leaves_is_dropped_before_its_job_runs(lb, gate) -> None:
         held = hold_the_gpu(port, gate)
         client = send_and_hang_up(port, small_job(person=left_url))
         wait_for(lambda: line(port) == (1, 1), what="the request to wait")
+        # Bad input is refused at once: it never takes a place in the line.
+        bad = Background(port, small_job(steps=0))
+        wait_for(lambda: bad.result is not None, what="the bad request's answer")
+        status, _, body = bad.result
+        assert status == 400 and body["error"].startswith("invalid input: steps must be an integer")
         client.close()
         wait_for(lambda: line(port) == (1, 0), what="the request to leave the line")
         gate.gate.set()
@@ -294,7 +302,7 @@ def test_ping_answers_204_while_the_worker_starts_then_200(tiny_root: Path, tmp_
     port, health = free_port(), free_port()
     env = served_worker_env(
         tiny_root, MODEL_IMAGES_DIR=str(photos), PRECOMPUTE_HOUSE_MASKS="true", WARMUP="true",
-        PORT_HEALTH=str(health),
+        PORT_HEALTH=str(health), OOTD_MODEL_TYPES="hd",  # one model: half the warm-up
     )  # fmt: skip
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:

@@ -60,17 +60,18 @@ def key_check(api_key: str | None) -> Callable[[Request], None]:
     return authorize
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, keep: bool = True) -> bytes:
     """The whole request body, or 413 when it is over `limit` bytes.
 
     An over-size body is still read to its end (and dropped), so that the client, which sends
-    it all before it reads, gets the 413 instead of a reset connection.
+    it all before it reads, gets the 413 instead of a reset connection. `keep=False` reads a
+    body only to drop it (a request refused before its body matters).
     """
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size <= limit:
+            if keep and size <= limit:
                 chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone from None

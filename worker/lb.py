@@ -122,8 +122,11 @@ class GpuLine:
         self._turn = asyncio.Lock()
         self._durations: deque[float] = deque(maxlen=8)
 
+    def has_room(self) -> bool:
+        return self.admitted < 1 + self.max_waiting
+
     def admit(self) -> bool:
-        if self.admitted >= 1 + self.max_waiting:
+        if not self.has_room():
             return False
         self.admitted += 1
         return True
@@ -232,13 +235,7 @@ def create_lb_app(worker: LbWorker, lb_settings: LbSettings, api_key: str | None
     line = GpuLine(lb_settings.max_waiting)
 
     if lb_settings.health_port is not None:
-
-        @app.middleware("http")
-        async def health_port_answers_ping_only(request: Request, call_next):
-            server = request.scope.get("server") or (None, None)
-            if server[1] == lb_settings.health_port and request.url.path != "/ping":
-                return JSONResponse({"error": "this port answers /ping only"}, status_code=404)
-            return await call_next(request)
+        app.add_middleware(PingOnlyPort, port=lb_settings.health_port)
 
     @app.get("/ping")
     def ping() -> Response:
@@ -250,27 +247,39 @@ def create_lb_app(worker: LbWorker, lb_settings: LbSettings, api_key: str | None
 
     @app.post("/tryon", dependencies=[Depends(authorize)])
     async def tryon(request: Request) -> Response:
-        job = tryon_job(await read_body(request, LB_PAYLOAD_LIMIT))
+        if worker.state == READY and not line.has_room():
+            await read_body(request, LB_PAYLOAD_LIMIT, keep=False)  # read, so that the client hears
+            raise busy()
+        body = await read_body(request, LB_PAYLOAD_LIMIT)
         if worker.state != READY:
             starting = worker.state == STARTING
             reason = "the worker is starting (models loading)" if starting else worker.problem
             retry = {"Retry-After": str(RETRY_AFTER_STARTING)} if starting else {}
             raise ApiError(503, f"{reason}; send the request again", retry)
-        try:
-            validate(job["input"], worker.runtime, worker.settings)
-        except InputError as error:
-            raise ApiError(400, str(error)) from None
+        job = await asyncio.to_thread(checked_job, body)  # a 30 MB body parses off the event loop
         if not line.admit():
-            raise ApiError(
-                503,
-                f"the worker is busy: one job runs and {line.max_waiting} wait (LB_MAX_WAITING); "
-                "send the request again later",
-                {"Retry-After": str(line.retry_after())},
-            )
+            raise busy()
         try:
             return await _run_in_line(request, job)
         finally:
             line.leave()
+
+    def busy() -> ApiError:
+        return ApiError(
+            503,
+            f"the worker is busy: one job runs and {line.max_waiting} wait (LB_MAX_WAITING); "
+            "send the request again later",
+            {"Retry-After": str(line.retry_after())},
+        )
+
+    def checked_job(body: bytes) -> dict:
+        """The job, its input checked as far as it can be without the GPU (400 otherwise)."""
+        job = tryon_job(body)
+        try:
+            validate(job["input"], worker.runtime, worker.settings)
+        except InputError as error:
+            raise ApiError(400, str(error)) from None
+        return job
 
     async def _run_in_line(request: Request, job: dict) -> Response:
         client_gone = asyncio.ensure_future(_until_disconnected(request))
@@ -302,6 +311,24 @@ def create_lb_app(worker: LbWorker, lb_settings: LbSettings, api_key: str | None
     routes = {"tryon": "/tryon"}
     install_playground(app, mode="lb", routes=routes, settings=worker.settings, api_key=api_key)
     return app
+
+
+class PingOnlyPort:
+    """ASGI middleware: requests that arrive on `port` (PORT_HEALTH) get /ping and nothing else.
+
+    Plain ASGI: every other request passes through untouched, its `receive` included, which
+    /tryon watches for the client's hang-up."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.app, self.port = app, port
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        server = scope.get("server") or (None, None)
+        if scope["type"] == "http" and server[1] == self.port and scope["path"] != "/ping":
+            refusal = JSONResponse({"error": "this port answers /ping only"}, status_code=404)
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 async def _until_disconnected(request: Request) -> None:
