@@ -14,16 +14,19 @@ README's screenshot (docs/playground.png) from the queue test's finished page.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import signal
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from worker_support import REPO, free_port, json_request, running_server, served_worker_env
 
@@ -229,3 +232,13 @@ def test_page_routes_are_read_only_and_honour_the_key(queue_worker: str) -> None
     status, body = json_request("GET", f"{queue_worker}/house-models/7/thumbnail",
                                 headers={"Authorization": API_KEY})  # fmt: skip
     assert status == 404 and "no house model 7" in body["error"]
+    for route, kind in (("image", "image/png"), ("thumbnail", "image/jpeg")):
+        url = f"{queue_worker}/house-models/0/{route}"
+        request = urllib.request.Request(url, headers={"Authorization": API_KEY})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.headers["Content-Type"] == kind
+            data = answer.read()
+        if route == "image":
+            assert data == (REPO / "assets" / "models" / "0_astronaut.png").read_bytes()
+        else:
+            assert max(Image.open(io.BytesIO(data)).size) <= 320

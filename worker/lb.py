@@ -42,7 +42,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from worker.config import MB, Settings
+from worker.config import MB, Settings, _positive
 from worker.errors import InputError, JobError
 from worker.httpapi import ApiError, install_error_handlers, key_check, read_body
 from worker.job import run as run_job
@@ -65,6 +65,8 @@ FIRST_JOB_ESTIMATE = 20.0
 RETRY_AFTER_RANGE = (1, 300)
 RETRY_AFTER_STARTING = 10
 
+MAX_PORT = 65535
+
 STARTING, READY, FAILED, UNHEALTHY = "starting", "ready", "failed", "unhealthy"
 
 
@@ -78,24 +80,13 @@ class LbSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LbSettings:
         env = os.environ if env is None else env
+        health_port = _positive(env, "PORT_HEALTH", None, int)
+        if health_port is not None and health_port > MAX_PORT:
+            raise ValueError(f"PORT_HEALTH must be a port number up to {MAX_PORT}, not {health_port}")
         return cls(
-            max_waiting=_whole(env, "LB_MAX_WAITING", DEFAULT_MAX_WAITING, low=0),
-            health_port=_whole(env, "PORT_HEALTH", None, low=1, high=65535),
+            max_waiting=_positive(env, "LB_MAX_WAITING", DEFAULT_MAX_WAITING, int, allow_zero=True),
+            health_port=health_port,
         )
-
-
-def _whole(env: Mapping[str, str], name: str, default: int | None, low: int, high: int | None = None):
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be a whole number {bound}, not {raw!r}")
-    return value
 
 
 def lb_worker_settings(settings: Settings, env: Mapping[str, str] | None = None) -> Settings:
