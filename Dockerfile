@@ -65,7 +65,7 @@ ENV HF_HUB_OFFLINE=1 \
 
 # The project last (it changes most often). test_input.json sits in the working directory,
 # where the runpod SDK looks for it when started without RunPod's environment.
-COPY handler.py test_input.json ./
+COPY handler.py start.sh test_input.json ./
 COPY core/ core/
 COPY worker/ worker/
 COPY ootd/ ootd/
@@ -73,4 +73,6 @@ COPY preprocess/ preprocess/
 COPY storage/ storage/
 COPY assets/ assets/
 
-CMD ["python", "-u", "handler.py"]
+# start.sh runs `python -u handler.py` (RunPod's queue), or with WORKER_MODE=lb serves a RunPod
+# load-balancing endpoint on PORT (python -m worker.serve --lb).
+CMD ["sh", "start.sh"]

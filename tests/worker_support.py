@@ -486,12 +486,15 @@ def running_server(
     ready_headers: dict[str, str] | None = None,
     stop: signal.Signals = signal.SIGINT,
     start_timeout: float = 300,
+    ready_status: int | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Run `command` in the repository (output to `log_path`) until the `with` block ends.
 
-    It is ready once a GET of `ready_url` answers with success, which on the tiny weights takes
-    the models' loading; a process that exits first fails with its log's tail. Afterwards it gets
-    `stop` (the SDK's API server leaves on SIGINT, `worker.serve` on SIGTERM), then a kill.
+    It is ready once a GET of `ready_url` answers with success (with `ready_status` exactly,
+    when given: a load-balancing worker answers /ping with 204 while it starts), which on the
+    tiny weights takes the models' loading; a process that exits first fails with its log's
+    tail. Afterwards it gets `stop` (the SDK's API server leaves on SIGINT, `worker.serve` on
+    SIGTERM), then a kill.
     """
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -503,12 +506,15 @@ def running_server(
                 log_tail = log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{' '.join(command[1:])} exited while starting:\n{log_tail}")
             try:
-                with urllib.request.urlopen(probe, timeout=2):
-                    break
+                with urllib.request.urlopen(probe, timeout=2) as answer:
+                    if ready_status in (None, answer.status):
+                        break
             except OSError:  # not listening yet, or an error status
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.3)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ready_url} did not answer {ready_status} within {start_timeout} s")
+            time.sleep(0.3)
         yield process
     finally:
         stop_process(process, stop)
