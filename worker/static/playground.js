@@ -509,6 +509,8 @@ function extension(entry) {
 }
 
 function render(output, before, executionTime) {
+  // A finished job fills the bar (the worker reports no update on the last step).
+  $("#progress-bar").value = $("#progress-bar").max;
   const summary = $("#summary");
   const parts = [`seed ${output.seed}`, `${output.model_type} · ${String(output.category).replaceAll("_", " ")}`];
   if (executionTime) parts.push(`${(executionTime / 1000).toFixed(1)} s`);
