@@ -226,7 +226,7 @@ build_standin() {
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change "LABEL org.opencontainers.image.description=stand-in for python:3.11-slim-bookworm (debootstrap from $mirror)" \
-    --change 'CMD ["python3.11"]' - "$STANDIN" >/dev/null
+    --change 'CMD ["python3.11"]' - "$STANDIN" >>"$LOGS/base.log" 2>&1
   rm -rf "$root"
   say "stand-in $STANDIN built and cached"
 }
