@@ -338,7 +338,7 @@ step_startup_log() {
   local errors
   errors=$(grep -n -E '(^|[ |])(ERROR|CRITICAL)([ |:]|$)|\[E:onnxruntime|^Traceback' "$LOGS/cmd-job.log" | cut -c1-220 || true)
   if [ -n "$errors" ]; then
-    printf '%s\n' "$errors" | sed 's/^/      /'
+    printf '%s\n' "$errors" | sed 's/\x1b\[[0-9;]*m//g; s/^/      /'
     fail "$(printf '%s\n' "$errors" | wc -l) error line(s) in the CPU start-up log of the image"
   fi
   say "no error line in $LOGS/cmd-job.log"
