@@ -529,7 +529,7 @@ failed=0
 for CURRENT in "${STEPS[@]}"; do
   [ "${RESULT[$CURRENT]}" = ok ] || [ "${RESULT[$CURRENT]}" = skipped ] || failed=1
   details=""
-  [ -f "$NOTES/$CURRENT" ] && details=$(paste -sd ';' "$NOTES/$CURRENT" | sed 's/;/; /g')
+  [ -f "$NOTES/$CURRENT" ] && details=$(awk 'NR > 1 { printf "; " } { printf "%s", $0 }' "$NOTES/$CURRENT")
   printf '  %-14s %-8s %5ss  %s\n' "$CURRENT" "${RESULT[$CURRENT]}" "${TOOK[$CURRENT]}" "$details"
 done
 if [ "$failed" = 1 ]; then
