@@ -32,7 +32,14 @@ WORKDIR /app
 # Dependencies first: this layer changes only when the pins do.
 COPY requirements.txt ./
 COPY requirements/ requirements/
-RUN pip install -r requirements.txt && pip check
+# Optional secrets, for a machine that reaches the package index through a proxy with its own
+# certificate authority or through a mirror (scripts/image-check.sh passes both from the host):
+# ca_bundle (CA certificates pip trusts) and pip_conf (a pip.conf with the index settings).
+# Secrets exist only during this RUN; neither lands in a layer or the image's environment.
+RUN --mount=type=secret,id=ca_bundle,required=false --mount=type=secret,id=pip_conf,required=false \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && if [ -s /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi \
+ && pip install -r requirements.txt && pip check
 
 # Weights next, from only the files the builder needs (builder.BUILD_CONTEXT), so that code
 # changes do not invalidate the weights layer. /weights, not /runpod-volume: an attached
