@@ -68,7 +68,7 @@ def ort_status(code: int, status: str, expr: str) -> str:
 
 
 # Per library and family, the exceptions raised (the stages of a library take them in turn).
-TORCH_ERRORS = {
+TORCH_FAILURES = {
     "out of memory": [
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
         RuntimeError("CUDA error: out of memory"),
@@ -94,7 +94,7 @@ TORCH_ERRORS = {
         torch.AcceleratorError("CUDA error: invalid argument"),
     ],
 }  # fmt: skip
-ORT_ERRORS = {
+ORT_FAILURES = {
     "out of memory": [ort_errors.RuntimeException(ORT_OOM), ort_errors.Fail(ORT_ARENA)],
     "context gone": [
         ort_errors.RuntimeException(ORT_ILLEGAL),
@@ -129,7 +129,7 @@ def session_of(name: str) -> Callable[[Runtime, BaseException], object]:
     return lambda runtime, error: failing_session(runtime, name, error)
 
 
-LIBRARIES = {"torch": TORCH_ERRORS, "onnxruntime": ORT_ERRORS}
+LIBRARIES = {"torch": TORCH_FAILURES, "onnxruntime": ORT_FAILURES}
 MASK = data_uri(image_bytes((96, 128), mode="L"))
 STAGES = [
     Stage("pose", "pose estimation", module_of(lambda r: r.preprocessor.pose.net), "torch", {}),
