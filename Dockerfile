@@ -60,6 +60,9 @@ RUN --mount=type=secret,id=hf_token,required=false \
 
 # Run time: never reach for the hub. The worker looks for its weights itself (an explicit
 # CHECKPOINTS_DIR, else per part the baked /weights, then RunPod's model cache), so no CHECKPOINTS_DIR here.
+# No C compiler is installed: OOTD_COMPILE=true (off by default, unmeasured) needs one at run time
+# for Triton's kernels, and the worker refuses that setting at start, in one line, when there is
+# none (worker/compiler.py). An image for it adds `gcc libc6-dev` (~190 MiB installed, estimated).
 ENV HF_HUB_OFFLINE=1 \
     OOTD_MODEL_TYPES=${OOTD_MODEL_TYPES}
 

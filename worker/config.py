@@ -64,7 +64,8 @@ class Settings:
     house_mask_cache_mb: int = DEFAULT_HOUSE_MASK_CACHE_MB
     precompute_house_masks: bool = False
     # torch.compile of the try-on UNet (ootd/compile.py): off until a GPU measurement pays for
-    # its compile time at cold start (bench/README.md).
+    # its compile time at cold start (bench/README.md). Needs a C compiler at run time, which the
+    # image lacks: refused at start without one (worker/compiler.py).
     compile: bool = False
 
     @classmethod

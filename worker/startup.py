@@ -7,6 +7,8 @@ with the same sentence:
 - no CUDA device and no `ALLOW_CPU=true`: a GPU worker that silently falls back to the CPU loads
   ~15 GB of fp32 weights into RAM and then times out on every job, which is worse than not
   starting (RunPod shows the failed start, and the reason is one log line);
+- `OOTD_COMPILE=true` with no compiler to build the compiled kernels (`worker.compiler`): the
+  warm-up would fail with a traceback at every start, a crash loop;
 - on CUDA, onnxruntime-gpu is installed but the parsing sessions did not get its CUDA provider
   (usually cuDNN/cuBLAS not found): parsing would run on the CPU, seconds per job, unnoticed.
 
@@ -26,6 +28,7 @@ import torch
 
 from ootd.pipeline import resolve_device_dtype
 from preprocess.parsing import CUDA_PROVIDER
+from worker.compiler import compiler_problem
 from worker.config import Settings
 from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail
 from worker.job import precompute_house_masks
@@ -55,6 +58,10 @@ def start(settings: Settings) -> Runtime:
                 "would time out; set ALLOW_CPU=true to run on the CPU anyway (local runs and tests)"
             )
         log.warning("no CUDA GPU: running on the CPU because ALLOW_CPU=true")
+    if settings.compile:
+        problem = compiler_problem(device.type)
+        if problem:
+            raise StartupError(problem)
     size_thread_pools()
     try:
         runtime = get_runtime(settings)
