@@ -222,17 +222,15 @@ def cuda_provider_options(
 
 
 def default_providers(available: Sequence[str] | None = None, *, device: str = "cuda") -> list[ProviderSpec]:
-    """The providers to ask for on `device` ("cuda" or "cpu").
+    """The providers to ask for on `device` (a torch device type: "cuda", "cpu").
 
     "cuda": CUDA (with `cuda_provider_options`) when this onnxruntime build offers it, with the
     CPU provider last as the fallback for nodes CUDA does not implement; else the CPU alone.
-    "cpu": the CPU provider alone. onnxruntime-gpu lists its CUDA provider whether or not there
-    is a GPU, and a session that asks for it on a machine without one tries to load CUDA and logs
-    errors before falling back; so on the CPU nothing else is asked for.
+    Any other device: the CPU provider alone. onnxruntime-gpu lists its CUDA provider whether or
+    not there is a GPU, and a session that asks for it on a machine without one tries to load
+    CUDA and logs errors before falling back; so off CUDA nothing else is asked for.
     `available` defaults to `ort.get_available_providers()`.
     """
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"device must be cuda or cpu, not {device!r}")
     available = ort.get_available_providers() if available is None else available
     if device == "cuda" and CUDA_PROVIDER in available:
         return [(CUDA_PROVIDER, cuda_provider_options()), CPU_PROVIDER]
