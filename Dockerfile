@@ -67,8 +67,15 @@ RUN --mount=type=secret,id=hf_token,required=false \
 
 # Run time: never reach for the hub. The worker looks for its weights itself (an explicit
 # CHECKPOINTS_DIR, else per part the baked /weights, then RunPod's model cache), so no CHECKPOINTS_DIR here.
+# No C compiler is installed: OOTD_COMPILE=true (off by default, unmeasured) needs one at run time
+# for Triton's kernels, and the worker refuses that setting at start, in one line, when there is
+# none (worker/compiler.py). An image for it adds `gcc libc6-dev` (~190 MiB installed, estimated).
+# PYTORCH_ALLOC_CONF (torch >= 2.9's name for PYTORCH_CUDA_ALLOC_CONF, which it deprecates):
+# expandable segments let torch's allocator grow a segment instead of adding one per size, so a
+# worker serving many resolutions and sample counts does not fragment its memory into OOMs.
 ENV HF_HUB_OFFLINE=1 \
-    OOTD_MODEL_TYPES=${OOTD_MODEL_TYPES}
+    OOTD_MODEL_TYPES=${OOTD_MODEL_TYPES} \
+    PYTORCH_ALLOC_CONF=expandable_segments:True
 
 # The project last (it changes most often). test_input.json sits in the working directory,
 # where the runpod SDK looks for it when started without RunPod's environment.

@@ -188,14 +188,20 @@ ProviderSpec = str | tuple[str, dict[str, str]]
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
+PARSING_NETWORKS: tuple[str, ...] = (PARSING_ATR, PARSING_LIP)
+"""The published networks, one onnxruntime session each, in the order they run."""
+
 PARSING_GPU_MEM_LIMIT = 2 * 1024**3
-"""Bytes onnxruntime's CUDA arena may hold for both parsing sessions' runs (each session has its
-own arena). Both SCHP networks at batch 1 need a few hundred MB; the bound keeps the arena, which
-torch's allocator cannot see or reclaim, from growing into the memory the UNets need."""
+"""Bytes onnxruntime's CUDA arenas may hold for both parsing sessions together. Each session has
+its own arena, so each is bounded to its share (`cuda_provider_options`). Both SCHP networks at
+batch 1 need a few hundred MB; the bound keeps the arenas, which torch's allocator cannot see or
+reclaim, from growing into the memory the UNets need."""
 
 
-def cuda_provider_options(gpu_mem_limit: int = PARSING_GPU_MEM_LIMIT) -> dict[str, str]:
-    """onnxruntime CUDA provider options for the parsing sessions, and why each is set.
+def cuda_provider_options(
+    gpu_mem_limit: int = PARSING_GPU_MEM_LIMIT // len(PARSING_NETWORKS),
+) -> dict[str, str]:
+    """onnxruntime CUDA provider options for one parsing session, and why each is set.
 
     - `use_tf32: 0`: the published code parsed on the CPU in full float32, and TF32
       matmuls/convolutions shift the logits enough to flip labels on class boundaries.
@@ -203,8 +209,9 @@ def cuda_provider_options(gpu_mem_limit: int = PARSING_GPU_MEM_LIMIT) -> dict[st
       algorithm on the first run of each convolution shape, seconds per network that the first
       job (or the warm-up) would pay; the input shapes here never change, so cuDNN's heuristic
       pick is all that is needed.
-    - a bounded arena grown only by what each allocation asks (`kSameAsRequested`), not doubled,
-      so it stays near what the two networks use instead of rounding up to powers of two.
+    - a bounded arena (by default the session's share of `PARSING_GPU_MEM_LIMIT`) grown only by
+      what each allocation asks (`kSameAsRequested`), not doubled, so it stays near what the
+      network uses instead of rounding up to powers of two.
     """
     return {
         "use_tf32": "0",
@@ -214,14 +221,18 @@ def cuda_provider_options(gpu_mem_limit: int = PARSING_GPU_MEM_LIMIT) -> dict[st
     }
 
 
-def default_providers(available: Sequence[str] | None = None) -> list[ProviderSpec]:
-    """CUDA (with `cuda_provider_options`) when this onnxruntime build offers it, else CPU.
+def default_providers(available: Sequence[str] | None = None, *, device: str = "cuda") -> list[ProviderSpec]:
+    """The providers to ask for on `device` (a torch device type: "cuda", "cpu").
 
-    The CPU provider is always listed last as the fallback for nodes CUDA does not implement.
+    "cuda": CUDA (with `cuda_provider_options`) when this onnxruntime build offers it, with the
+    CPU provider last as the fallback for nodes CUDA does not implement; else the CPU alone.
+    Any other device: the CPU provider alone. onnxruntime-gpu lists its CUDA provider whether or
+    not there is a GPU, and a session that asks for it on a machine without one tries to load
+    CUDA and logs errors before falling back; so off CUDA nothing else is asked for.
     `available` defaults to `ort.get_available_providers()`.
     """
     available = ort.get_available_providers() if available is None else available
-    if CUDA_PROVIDER in available:
+    if device == "cuda" and CUDA_PROVIDER in available:
         return [(CUDA_PROVIDER, cuda_provider_options()), CPU_PROVIDER]
     return [CPU_PROVIDER]
 
@@ -280,7 +291,7 @@ class HumanParser:
         if _wants_cuda(chosen):
             preload_cuda_libraries()
         sessions = []
-        for name in (PARSING_ATR, PARSING_LIP):
+        for name in PARSING_NETWORKS:
             path = root / name
             if not path.is_file():
                 raise FileNotFoundError(f"human-parsing network not found: {path}")

@@ -20,7 +20,7 @@ from preprocess.garment import extract_garment, person_in_parse
 from preprocess.images import load_mask, load_rgb
 from preprocess.layout import BODY_POSE
 from preprocess.mask import agnostic_mask
-from preprocess.parsing import PARSE_SIZE, HumanParser
+from preprocess.parsing import PARSE_SIZE, HumanParser, default_providers
 
 if TYPE_CHECKING:
     import torch
@@ -80,20 +80,33 @@ class Preprocessor:
 
     @classmethod
     def from_checkpoints(
-        cls, root: str | Path, device: "str | torch.device | None" = None, threads: int | None = None
+        cls,
+        root: str | Path,
+        device: "str | torch.device | None" = None,
+        threads: int | None = None,
+        parsing_device: str | None = None,
     ) -> "Preprocessor":
         """Load OpenPose and both parsing networks from the published `checkpoints/` root, once.
 
-        `device` "cpu" keeps both on the CPU; None or "cuda[:n]" uses CUDA where it is available
-        (torch for OpenPose, the onnxruntime CUDA provider for parsing), else the CPU. `threads`
-        sizes the parsing sessions' CPU thread pools (default: onnxruntime's, the host's cores).
+        `device` "cpu" keeps both on the CPU; None or "cuda[:n]" uses CUDA where torch has it
+        (torch for OpenPose, the onnxruntime CUDA provider for parsing), else the CPU.
+        `parsing_device` ("cuda" or "cpu") puts parsing elsewhere than `device` (an operator's
+        choice when onnxruntime's CUDA provider cannot load on a host). `threads` sizes the
+        parsing sessions' CPU thread pools (default: onnxruntime's, the host's cores).
         """
+        import torch
+
         from preprocess.pose import BodyPoseEstimator  # heavy (torch); only needed here
 
         root = Path(root)
         pose = BodyPoseEstimator.from_checkpoint(root / BODY_POSE, device=device)
-        on_cpu = device is not None and str(device).startswith("cpu")
-        providers = ["CPUExecutionProvider"] if on_cpu else None
+        if parsing_device is None:
+            # Where torch has CUDA, not where onnxruntime offers it: onnxruntime-gpu lists its
+            # CUDA provider on machines without a GPU too.
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            parsing_device = torch.device(device).type
+        providers = default_providers(device=parsing_device)
         return cls(pose=pose, parser=HumanParser.from_checkpoints(root, providers=providers, threads=threads))
 
     def garment(self, garment: Image.Image, category: str, photo_type: str = "flat") -> GarmentResult:

@@ -208,6 +208,10 @@ def test_runtime_environment(parsed):
     # Without a CUDA base image nothing else asks the NVIDIA runtime for the driver's compute libraries.
     assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    # torch's allocator grows segments instead of fragmenting across sizes (the current name,
+    # not the deprecated CUDA-only one).
+    assert env["PYTORCH_ALLOC_CONF"] == "expandable_segments:True"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in env
 
 
 def test_weights_are_baked_outside_the_network_volume_with_a_secret_token(parsed):

@@ -3,19 +3,27 @@
 Without a GPU the failures are raised where CUDA would raise them: forward pre-hooks on the real
 torch modules (pose network, CLIP image and text encoders, both UNets, the VAE's encoder and
 decoder) and, for parsing, an exception of onnxruntime's own types raised where each real
-session runs. A GPU failure ends the job with one sentence and `refresh_worker`; the next job
-in the same process is served; any other exception is still a bug and is raised. The real
-out-of-memory path is measured by the GPU benchmark.
+session runs; the messages are the libraries' own. Jobs go through the runpod SDK's own job
+runner, which turns `refresh_worker` into `stopPod` and a raised exception into an error with
+its traceback. Running out of memory or losing the context ends the job with one sentence naming
+the stage and `stopPod`; a cuDNN/cuBLAS status that the input alone causes is a bug: a traceback,
+no `stopPod`. Either way the same process serves the next job. The real out-of-memory path is
+measured by the GPU benchmark.
 """
 
+import asyncio
+import itertools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime.capi.onnxruntime_pybind11_state as ort_errors
 import pytest
 import torch
-from worker_support import data_uri
+from runpod.serverless.modules.rp_job import run_job
+from worker_support import data_uri, image_bytes
 
 from worker.config import Settings
 from worker.gpu_errors import MAX_DETAIL, GpuFailure, classify_gpu_failure, failure_detail
@@ -24,10 +32,13 @@ from worker.runtime import Runtime, get_runtime
 
 REPO = Path(__file__).resolve().parent.parent
 GARMENT = REPO / "assets" / "garments" / "0_tshirt.png"
-OOM_ERROR = (
-    "the GPU ran out of memory for 1 sample(s) at 256x192; try fewer samples or a smaller resolution "
-    "(this worker will be restarted)"
-)
+RESTART = "(this worker will be restarted)"
+
+# What CUDA, cuDNN and cuBLAS say through torch (torch.AcceleratorError carries CUDA's sticky
+# errors; cuDNN and cuBLAS statuses come as RuntimeErrors) and through onnxruntime.
+ILLEGAL = "CUDA error: an illegal memory access was encountered\nCompile with `TORCH_USE_CUDA_DSA` to enable"
+DEVICE_ASSERT = "CUDA error: device-side assert triggered"
+CUDNN_FAILED = "cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"
 ORT_OOM = (
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
     "Name:'/conv1/Conv' Status Message: CUDA failure 2: out of memory ; GPU=0 ; hostname=worker ; "
@@ -43,20 +54,101 @@ ORT_ILLEGAL = (
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 700: an illegal memory access was "
     "encountered ; GPU=0 ; hostname=worker ; expr=cudaStreamSynchronize(stream);"
 )
-ILLEGAL = "CUDA error: an illegal memory access was encountered\nCompile with `TORCH_USE_CUDA_DSA` to enable"
-DEVICE_ASSERT = "CUDA error: device-side assert triggered"
-CUDNN_FAILED = "cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"
 
-Stage = Callable[[Runtime], torch.nn.Module]
-TORCH_STAGES: dict[str, Stage] = {
-    "pose": lambda runtime: runtime.preprocessor.pose.net,
-    "clip": lambda runtime: runtime.pipelines["hd"].image_encoder,
-    "text_encoder": lambda runtime: runtime.pipelines["hd"].text_encoder,
-    "unet_garm": lambda runtime: runtime.pipelines["hd"].unet_garm,
-    "unet_vton": lambda runtime: runtime.pipelines["hd"].unet_vton,
-    "vae_encode": lambda runtime: runtime.pipelines["hd"].vae.encoder,
-    "vae_decode": lambda runtime: runtime.pipelines["hd"].vae.decoder,
-}
+
+def ort_status(code: int, status: str, expr: str) -> str:
+    """onnxruntime's text for a cuDNN/cuBLAS status raised inside a node."""
+    library = status.split("_")[0]
+    return (
+        "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. "
+        f"Name:'/conv1/Conv' Status Message: {library} failure {code}: {status} ; GPU=0 ; "
+        f"hostname=worker ; file=/onnxruntime_src/onnxruntime/core/providers/cuda/nn/conv.cc ; "
+        f"line=470 ; expr={expr};"
+    )
+
+
+# Per library and family, the exceptions raised (the stages of a library take them in turn).
+TORCH_FAILURES = {
+    "out of memory": [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"),
+        RuntimeError("CUDA error: out of memory"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    ],
+    "context gone": [
+        torch.AcceleratorError(ILLEGAL),
+        torch.AcceleratorError(DEVICE_ASSERT),
+        RuntimeError(CUDNN_FAILED),
+        torch.AcceleratorError("CUDA error: unspecified launch failure"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, ...)`"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_INTERNAL_ERROR when calling `cublasGemmEx( handle, ...)`"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_MAPPING_ERROR when calling `cublasSgemm( handle, ...)`"),
+    ],
+    "poison": [
+        RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a "
+                     "non-contiguous input."),
+        RuntimeError("GET was unable to find an engine to execute this computation"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_INVALID_VALUE when calling `cublasGemmStridedBatchedEx( "
+                     "handle, opa, opb, m, n, k, ...)`"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling `cublasLtMatmul( ...)`"),
+        torch.AcceleratorError("CUDA error: invalid argument"),
+    ],
+}  # fmt: skip
+ORT_FAILURES = {
+    "out of memory": [ort_errors.RuntimeException(ORT_OOM), ort_errors.Fail(ORT_ARENA)],
+    "context gone": [
+        ort_errors.RuntimeException(ORT_ILLEGAL),
+        ort_errors.Fail(ort_status(4000, "CUDNN_STATUS_INTERNAL_ERROR", "cudnnConvolutionForward(...)")),
+        ort_errors.EPFail(ort_status(5000, "CUDNN_STATUS_EXECUTION_FAILED", "cudnnConvolutionForward(...)")),
+    ],
+    "poison": [
+        ort_errors.Fail(ort_status(3000, "CUDNN_STATUS_NOT_SUPPORTED", "cudnnConvolutionForward(...)")),
+        ort_errors.RuntimeException(ort_status(2000, "CUDNN_STATUS_BAD_PARAM", "cudnnSetTensor()")),
+        ort_errors.Fail(ort_status(7, "CUBLAS_STATUS_INVALID_VALUE", "cublasSgemm(...)")),
+    ],
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where a failure is injected, the job that reaches it, and what the sentence calls it."""
+
+    name: str
+    part: str  # in the job's error sentence
+    fail: Callable[[Runtime, BaseException], object]  # a context manager that makes it raise
+    library: str  # whose exceptions it raises: "torch" or "onnxruntime"
+    request: dict  # fields on top of the base job
+    scales: bool = False  # memory grows with samples and resolution: the sentence says so
+
+
+def module_of(get: Callable[[Runtime], torch.nn.Module]) -> Callable[[Runtime, BaseException], object]:
+    return lambda runtime, error: failing_module(get(runtime), error)
+
+
+def session_of(name: str) -> Callable[[Runtime, BaseException], object]:
+    return lambda runtime, error: failing_session(runtime, name, error)
+
+
+LIBRARIES = {"torch": TORCH_FAILURES, "onnxruntime": ORT_FAILURES}
+MASK = data_uri(image_bytes((96, 128), mode="L"))
+STAGES = [
+    Stage("pose", "pose estimation", module_of(lambda r: r.preprocessor.pose.net), "torch", {}),
+    Stage("parsing atr", "human parsing", session_of("atr_session"), "onnxruntime", {}),
+    Stage("parsing lip", "human parsing", session_of("lip_session"), "onnxruntime", {}),
+    Stage("garment parsing", "garment parsing", session_of("atr_session"), "onnxruntime",
+          {"garment_photo_type": "model"}),
+    Stage("category auto", "category detection", module_of(lambda r: r.pipelines["hd"].image_encoder),
+          "torch", {"category": "auto"}),
+    # The caller's mask: no pose or parsing before the diffusion (they are covered above).
+    *(Stage(name, "diffusion", module_of(get), "torch", {"mask": MASK}, scales=True) for name, get in (
+        ("clip", lambda r: r.pipelines["hd"].image_encoder),
+        ("text_encoder", lambda r: r.pipelines["hd"].text_encoder),
+        ("unet_garm", lambda r: r.pipelines["hd"].unet_garm),
+        ("unet_vton", lambda r: r.pipelines["hd"].unet_vton),
+        ("vae_encode", lambda r: r.pipelines["hd"].vae.encoder),
+        ("vae_decode", lambda r: r.pipelines["hd"].vae.decoder),
+    )),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +166,21 @@ def runtime(settings: Settings) -> Runtime:
 
 @pytest.fixture(scope="module")
 def job() -> dict:
-    # A house photo and no mask, so that pose and parsing run too.
+    # A house photo and no mask, so that pose and parsing run too; one step is enough to reach the
+    # decoder (no test here looks at the image).
     garment = data_uri(GARMENT.read_bytes())
-    inputs = {"person_index": 0, "garment": garment, "resolution": "256x192", "steps": 2, "seed": 3,
+    inputs = {"person_index": 0, "garment": garment, "resolution": "256x192", "steps": 1, "seed": 3,
               "guidance_scale": 1.0}  # fmt: skip
     return {"id": "gpu", "input": inputs}
 
 
 def run(job: dict, runtime: Runtime, settings: Settings) -> dict:
     return handle(job, runtime, settings, progress=lambda update: None)
+
+
+def run_by_sdk(job: dict, runtime: Runtime, settings: Settings) -> dict:
+    """The job as the runpod SDK runs it on RunPod: its result, as sent to the platform."""
+    return asyncio.run(run_job(lambda job: run(job, runtime, settings), job))
 
 
 @contextmanager
@@ -114,49 +212,49 @@ def failing_session(runtime: Runtime, name: str, error: BaseException) -> Iterat
         del session.run  # back to the class's own method
 
 
-RESTART = "; send the job again (this worker will be restarted)"
-TORCH_CASES = [
-    ("pose", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"), OOM_ERROR),
-    ("clip", RuntimeError(ILLEGAL), "the GPU failed (CUDA error: an illegal memory access was encountered)"),
-    ("text_encoder", torch.AcceleratorError(DEVICE_ASSERT), f"the GPU failed ({DEVICE_ASSERT})"),
-    ("unet_garm", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), OOM_ERROR),
-    ("unet_vton", RuntimeError("CUDA error: out of memory"), OOM_ERROR),
-    ("vae_encode", RuntimeError(CUDNN_FAILED), f"the GPU failed ({CUDNN_FAILED})"),
-    ("vae_decode", RuntimeError(DEVICE_ASSERT), f"the GPU failed ({DEVICE_ASSERT})"),
-]
-PARSING_CASES = [
-    ("atr_session", ort_errors.RuntimeException(ORT_OOM), OOM_ERROR),
-    ("lip_session", ort_errors.Fail(ORT_ARENA), OOM_ERROR),
-    ("lip_session", ort_errors.RuntimeException(ORT_ILLEGAL),
-     "the GPU failed (CUDA failure 700: an illegal memory access was encountered ; GPU=0 ; "
-     "hostname=worker ; expr=cudaStreamSynchronize(stream);)"),
-]  # fmt: skip
+def expected_sentence(stage: Stage, family: str, error: BaseException) -> str:
+    if family == "out of memory" and stage.scales:
+        return (f"the GPU ran out of memory in {stage.part} for 1 sample(s) at 256x192; try fewer samples "
+                f"or a smaller resolution {RESTART}")  # fmt: skip
+    if family == "out of memory":
+        return f"the GPU ran out of memory in {stage.part}; send the job again {RESTART}"
+    return f"the GPU failed in {stage.part} ({failure_detail(error)}); send the job again {RESTART}"
 
 
-def test_a_gpu_failure_in_any_stage_asks_for_a_new_worker_and_the_next_job_is_served(
-    runtime, settings, job, subtests
+def test_a_gpu_failure_in_any_stage_is_one_sentence_and_a_new_worker_a_poison_request_is_a_bug(
+    runtime, settings, job, subtests, capfd
 ) -> None:
-    # One process, one failure after another (each stage's own kind of error), then a good job.
-    for stage, error, message in TORCH_CASES:
-        with subtests.test(stage=stage, error=type(error).__name__):
-            with failing_module(TORCH_STAGES[stage](runtime), error):
-                result = run(job, runtime, settings)
-            expected = message if message == OOM_ERROR else message + RESTART
-            assert result == {"error": expected, "refresh_worker": True}
-    for session, error, message in PARSING_CASES:
-        with subtests.test(stage=session, error=type(error).__name__):
-            assert not isinstance(error, RuntimeError)  # why parsing needs its own classification
-            with failing_session(runtime, session, error):
-                result = run(job, runtime, settings)
-            expected = message if message == OOM_ERROR else message + RESTART
-            assert result == {"error": expected, "refresh_worker": True}
-    result = run(job, runtime, settings)
+    # One process, every stage, each family of failure in turn (each library's own exceptions);
+    # then a good job.
+    turns = {(name, family): itertools.cycle(errors)
+             for name, library in LIBRARIES.items() for family, errors in library.items()}  # fmt: skip
+    used: set[int] = set()
+    for stage in STAGES:
+        for family in LIBRARIES[stage.library]:
+            error = next(turns[stage.library, family])
+            used.add(id(error))
+            with subtests.test(stage=stage.name, family=family, error=repr(error)[:80]):
+                failing = {**job, "input": {**job["input"], **stage.request}}
+                with stage.fail(runtime, error):
+                    result = run_by_sdk(failing, runtime, settings)
+                if family == "poison":
+                    # A bug: the SDK reports it with its traceback and the worker is kept.
+                    assert "stopPod" not in result, result
+                    report = json.loads(result["error"])
+                    assert report["error_message"] == str(error)
+                    assert report["error_traceback"].startswith("Traceback (most recent call last)")
+                    assert "Captured Handler Exception" in capfd.readouterr().out
+                else:
+                    assert result == {"error": expected_sentence(stage, family, error), "stopPod": True}
+    # Every exception was injected somewhere.
+    assert used == {id(e) for library in LIBRARIES.values() for errors in library.values() for e in errors}
+    result = run_by_sdk(job, runtime, settings)
     assert "error" not in result, result
-    assert len(result["images"]) == 1
+    assert len(result["output"]["images"]) == 1
 
 
 def test_any_other_exception_in_a_gpu_stage_is_still_raised(runtime, settings, job, subtests) -> None:
-    pose = TORCH_STAGES["pose"](runtime)
+    pose = runtime.preprocessor.pose.net
     not_gpu = ValueError("out of memory")
     shapes = RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     argument = ort_errors.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dims")
@@ -182,7 +280,22 @@ def test_any_other_exception_in_a_gpu_stage_is_still_raised(runtime, settings, j
          GpuFailure.DEVICE_ERROR),
         (RuntimeError("CUDA driver error: unspecified launch failure"), GpuFailure.DEVICE_ERROR),
         (RuntimeError("GET was unable to find an engine to execute this computation"), None),
+        (RuntimeError("FIND was unable to find an engine to execute this computation"), None),
         (ort_errors.EPFail("CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR ; GPU=0"), GpuFailure.DEVICE_ERROR),
+        # cuDNN 9's sub-statuses: input-bound stays input-bound, a lost device allocation is memory.
+        (RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED_SHAPE"), None),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH"), None),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED_CUDART"), GpuFailure.DEVICE_ERROR),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED"),
+         GpuFailure.OUT_OF_MEMORY),
+        (ort_errors.Fail("CUDA failure 999: unknown error ; GPU=0 ; hostname=w"), GpuFailure.DEVICE_ERROR),
+        (torch.AcceleratorError("CUDA error: misaligned address"), GpuFailure.DEVICE_ERROR),
+        (torch.AcceleratorError("CUDA error: the launch timed out and was terminated"),
+         GpuFailure.DEVICE_ERROR),
+        # The build or the card, not this worker's context: every worker would fail the same way.
+        (torch.AcceleratorError("CUDA error: no kernel image is available for execution on the device"),
+         None),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ARCH_MISMATCH"), None),
         (ort_errors.NoSuchFile("Load model from parsing_atr.onnx failed"), None),
         (MemoryError(), None),  # the host, not the GPU: a bug to see, not a worker to recycle
         (KeyError("CUDA error"), None),

@@ -413,8 +413,8 @@ def test_out_of_memory_frees_memory_asks_for_refresh_and_the_worker_goes_on(work
     job = {"id": "oom", "input": good_input(garment_uri, steps=2, samples=2)}
     result = handle(job, runtime, settings, progress=out_of_memory_mid_run)
     assert result == {
-        "error": "the GPU ran out of memory for 2 sample(s) at 256x192; try fewer samples or a smaller "
-        "resolution (this worker will be restarted)",
+        "error": "the GPU ran out of memory in diffusion for 2 sample(s) at 256x192; try fewer samples or a "
+        "smaller resolution (this worker will be restarted)",
         "refresh_worker": True,
     }
     job["input"]["steps"] = 1

@@ -235,10 +235,60 @@ def test_cuda_provider_options_keep_fp32_search_heuristically_and_bound_the_aren
     assert options["use_tf32"] == "0"
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
     assert options["arena_extend_strategy"] == "kSameAsRequested"
-    assert int(options["gpu_mem_limit"]) == PARSING_GPU_MEM_LIMIT
     assert all(isinstance(value, str) for value in options.values())  # what the provider API takes
     assert int(cuda_provider_options(gpu_mem_limit=123 * 2**20)["gpu_mem_limit"]) == 123 * 2**20
     assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_on_the_cpu_only_the_cpu_provider_is_asked_for() -> None:
+    # onnxruntime-gpu lists CUDA on a machine without a GPU too: asking for it there logs errors.
+    assert default_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], device="cpu") == [
+        "CPUExecutionProvider"
+    ]
+    assert default_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], device="mps") == [
+        "CPUExecutionProvider"
+    ]
+
+
+@pytest.fixture
+def asked(monkeypatch) -> list[list]:
+    """The providers each onnxruntime session is asked for, with onnxruntime-gpu's provider list
+    (this build's sessions fall back to the CPU with a warning, as a GPU build's would without CUDA)."""
+    from preprocess import parsing
+
+    asked: list[list] = []
+    real_session = ort.InferenceSession
+
+    def session(*args, providers=None, **kwargs):
+        asked.append(list(providers))
+        return real_session(*args, providers=["CPUExecutionProvider"], **kwargs)
+
+    monkeypatch.setattr(parsing, "_cuda_libraries_loaded", True)  # nothing to preload here
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: both)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    return asked
+
+
+def test_both_sessions_arenas_together_stay_within_the_one_limit(tmp_path: Path, asked: list[list]) -> None:
+    HumanParser.from_checkpoints(write_passthrough_parsers(tmp_path), providers=default_providers())
+    assert len(asked) == 2
+    limits = [int(dict(entry[1])["gpu_mem_limit"]) for providers in asked for entry in providers
+              if not isinstance(entry, str) and entry[0] == "CUDAExecutionProvider"]  # fmt: skip
+    assert len(limits) == 2 and sum(limits) == PARSING_GPU_MEM_LIMIT
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_without_cuda_the_preprocessor_asks_onnxruntime_gpu_for_the_cpu_only(tiny_root: Path, asked) -> None:
+    from preprocess import Preprocessor
+
+    Preprocessor.from_checkpoints(tiny_root)  # device and parsing device left to the machine
+    assert asked == [["CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    asked.clear()
+    # PARSING_DEVICE=cuda is the operator's word (the worker refuses it at start without a GPU).
+    Preprocessor.from_checkpoints(tiny_root, parsing_device="cuda")
+    names = [[entry[0] if isinstance(entry, tuple) else entry for entry in providers] for providers in asked]
+    assert names == [["CUDAExecutionProvider", "CPUExecutionProvider"]] * 2
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")

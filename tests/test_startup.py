@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from worker.config import Settings
-from worker.startup import StartupError, parsing_provider_problem, parsing_providers, start
+from worker.startup import (
+    StartupError,
+    parsing_device_problem,
+    parsing_provider_problem,
+    parsing_providers,
+    start,
+)
 from worker.warmup import WARMUP_STEPS
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
@@ -167,6 +173,8 @@ def test_onnxruntime_gpu_without_its_cuda_provider_in_the_sessions_is_refused(se
         "onnxruntime-gpu is installed but the parsing sessions run on CPUExecutionProvider: "
         "its CUDA provider could not load"
     )
+    # The way out that needs no new image.
+    assert problem.endswith("; set PARSING_DEVICE=cpu to parse on the CPU anyway")
     assert "\n" not in problem
     # Plain onnxruntime (the GPU benchmark machines) runs parsing on the CPU by design.
     assert parsing_provider_problem(fallen_back, ort.get_available_providers()) is None
@@ -192,3 +200,47 @@ def test_allow_cpu_and_warmup_settings(env: dict, allow_cpu: bool, warmup: bool)
 def test_a_malformed_flag_is_named() -> None:
     with pytest.raises(ValueError, match=r"^WARMUP must be true or false, not 'maybe'$"):
         Settings.from_env({"WARMUP": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "device"), [(None, None), ("", None), ("cuda", "cuda"), (" CPU ", "cpu"), ("cpu", "cpu")]
+)
+def test_parsing_device_setting(raw: str | None, device: str | None) -> None:
+    env = {} if raw is None else {"PARSING_DEVICE": raw}
+    assert Settings.from_env(env).parsing_device == device
+
+
+def test_a_malformed_parsing_device_is_named() -> None:
+    with pytest.raises(ValueError, match=r"^PARSING_DEVICE must be cuda or cpu, not 'gpu'$"):
+        Settings.from_env({"PARSING_DEVICE": "gpu"})
+
+
+def test_parsing_device_cuda_where_parsing_cannot_have_cuda_is_refused() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert parsing_device_problem("cuda", cpu, both) == (
+        "PARSING_DEVICE=cuda, but there is no CUDA GPU; unset it or set PARSING_DEVICE=cpu"
+    )
+    assert parsing_device_problem("cuda", cuda, ["CPUExecutionProvider"]) == (
+        f"PARSING_DEVICE=cuda, but this onnxruntime ({version('onnxruntime')}) has no CUDA provider "
+        "(onnxruntime-gpu has one); unset it to parse on the CPU, or set PARSING_DEVICE=cpu"
+    )
+    assert parsing_device_problem("cuda", cuda, both) is None
+    for requested in (None, "cpu"):
+        assert parsing_device_problem(requested, cpu, both) is None
+        assert parsing_device_problem(requested, cuda, ["CPUExecutionProvider"]) is None
+
+
+@needs_no_cuda
+def test_parsing_device_cuda_without_a_gpu_refuses_to_start_before_loading(tmp_path: Path) -> None:
+    # The checkpoints folder is empty: refused before any weight is looked for.
+    with pytest.raises(StartupError, match=r"^PARSING_DEVICE=cuda, but there is no CUDA GPU; "):
+        start(Settings(checkpoints_dir=tmp_path, allow_cpu=True, parsing_device="cuda"))
+
+
+def test_parsing_device_cpu_is_said_in_the_setup_line(settings: Settings, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="worker.startup")
+    runtime = start(replace(settings, parsing_device="cpu", warmup=False))
+    assert parsing_providers(runtime) == [["CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    (line,) = [message for message in caplog.messages if message.startswith("running on ")]
+    assert line.endswith("; parsing providers CPUExecutionProvider (PARSING_DEVICE=cpu)")

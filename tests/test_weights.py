@@ -9,10 +9,13 @@ CHECKPOINTS_DIR, and the precedence rules and the error are checked on the real 
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from worker_support import data_uri
+from test_dockerfile import DOCKERFILE, copy_parts, instructions
+from worker_support import REPO, data_uri, worker_env
 
 import handler
 from ootd.layout import CLIP_DIR, CLIP_FILES, CLIP_REPO, OOTD_REPO, OOTD_REPO_FOLDER
@@ -178,6 +181,34 @@ def test_nothing_complete_anywhere_is_one_error_naming_every_place(tiny_root, tm
     assert f"baked weights {tmp_path / 'absent'} does not exist" in message
     assert f"({OOTD_REPO}) is not cached" in message and f"({CLIP_REPO}) is not cached" in message
     assert f"No complete copy of the {DIFFUSION}, {CLIP}, {PREPROCESSING}." in message
+
+
+def test_in_the_image_the_advice_names_only_what_the_image_has(tmp_path) -> None:
+    # The worker laid out as the Dockerfile copies it (no tiny_checkpoints there), started as the
+    # image starts it, with no weights anywhere: the advice is the image's ways to get them.
+    app = tmp_path / "app"
+    app.mkdir()
+    tops = {source.rstrip("/").split("/")[0] for keyword, rest in instructions(DOCKERFILE.read_text())
+            if keyword == "COPY" for source in copy_parts(rest)[0]}  # fmt: skip
+    assert "tiny_checkpoints" not in tops and {"handler.py", "worker"} <= tops
+    for top in sorted(tops):
+        if (REPO / top).is_dir():
+            (app / top).symlink_to(REPO / top, target_is_directory=True)
+        else:
+            shutil.copy2(REPO / top, app / top)  # a real file: Python puts its folder on sys.path
+    env = worker_env(tmp_path, BAKED_WEIGHTS_DIR=str(tmp_path / "baked"), HF_HUB_CACHE=str(tmp_path / "hub"))
+    del env["CHECKPOINTS_DIR"]
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "handler.py", "--test_input", '{"input": {}}'], cwd=app, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    (line,) = [line for line in done.stderr.splitlines() if "cannot start: " in line]
+    assert f"No complete copy of the {DIFFUSION}, {CLIP}, {PREPROCESSING}." in line
+    assert line.endswith(
+        f"Cache the hub repo {OOTD_REPO} on the endpoint (model field) with an image that bakes CLIP, use an "
+        f"image with every weight baked in, or set {EXPLICIT}."
+    )
+    assert "tiny_checkpoints" not in done.stderr
 
 
 def test_weight_settings_from_the_environment(tmp_path) -> None:

@@ -23,6 +23,8 @@ DEFAULT_BAKED_WEIGHTS_DIR = "/weights"
 RUNPOD_HF_HUB_CACHE = "/runpod-volume/huggingface-cache/hub"
 DEFAULT_MODEL_IMAGES_DIR = REPO_ROOT / "assets" / "models"
 MB = 1_000_000
+# Where human parsing may be told to run (PARSING_DEVICE); unset, it runs where torch has CUDA.
+PARSING_DEVICES = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,12 @@ class Settings:
     house_mask_cache_mb: int = DEFAULT_HOUSE_MASK_CACHE_MB
     precompute_house_masks: bool = False
     # torch.compile of the try-on UNet (ootd/compile.py): off until a GPU measurement pays for
-    # its compile time at cold start (bench/README.md).
+    # its compile time at cold start (bench/README.md). Needs a C compiler at run time, which the
+    # image lacks: refused at start without one (worker/compiler.py).
     compile: bool = False
+    # Where human parsing (onnxruntime) runs: None follows the GPU (CUDA where torch has it);
+    # "cpu" on purpose, e.g. on a host where onnxruntime's CUDA provider cannot load.
+    parsing_device: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -98,6 +104,7 @@ class Settings:
             ),
             precompute_house_masks=_flag(env, "PRECOMPUTE_HOUSE_MASKS", cls.precompute_house_masks),
             compile=_flag(env, "OOTD_COMPILE", cls.compile),
+            parsing_device=_choice(env, "PARSING_DEVICE", PARSING_DEVICES),
         )
 
 
@@ -144,6 +151,16 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in _TRUE or raw in _FALSE:
         return raw in _TRUE
     raise ValueError(f"{name} must be true or false, not {env[name]!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    """One of `choices` (case and spaces ignored), or None when the variable is unset or blank."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise ValueError(f"{name} must be {' or '.join(choices)}, not {env[name]!r}")
+    return raw
 
 
 def _positive(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):

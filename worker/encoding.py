@@ -7,16 +7,19 @@ RunPod around it, such as the GPU benchmark, encodes exactly as the worker does.
 PNG (zlib), JPEG (libjpeg) and WebP (libwebp) encoders run in Pillow's C code with the GIL
 released, so threads encode several pictures at once: a 4-sample job waits for about one
 encoding instead of four (bench/README.md). One pool per process, created on first use and
-kept: a job must not pay for starting threads.
+kept: a job must not pay for starting threads. Like the other pools (`worker.threads`), it is
+sized from the CPUs the container may use, not the host's cores: on a 128-core host with a
+2-CPU quota, five encoder threads would fight over two CPUs.
 """
 
 import io
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
+
+from worker.threads import container_cpus
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -45,7 +48,7 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            threads = max(1, min(MAX_THREADS, os.cpu_count() or 1))
+            threads = min(MAX_THREADS, container_cpus())
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encode")
         return _pool
 

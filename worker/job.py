@@ -1,10 +1,11 @@
 """One try-on job: validate -> fetch -> mask -> diffusion -> encode -> store -> result.
 
 `handle` is the whole RunPod handler minus model loading. Expected failures (bad input, an
-unusable photo, a GPU failure in any stage, a result too large to return) end as RunPod's
-`{"error": "<one sentence>"}` (with `refresh_worker` after a GPU failure, see
-`worker.gpu_errors`), so the caller never sees a traceback and the worker takes the next job;
-anything else is a bug and is raised for the SDK to report. Each stage is timed and the times
+unusable photo, the GPU running out of memory or losing its context in any stage, a result too
+large to return) end as RunPod's `{"error": "<one sentence>"}` (with `refresh_worker` after a
+GPU failure, see `worker.gpu_errors`), so the caller never sees a traceback and the worker takes
+the next job; anything else, a cuDNN status that the input alone causes included, is a bug and
+is raised for the SDK to report (with its traceback, on this same worker). Each stage is timed and the times
 are returned.
 """
 
@@ -47,7 +48,7 @@ from worker.errors import (
     ResultTooLargeError,
     bounded,
 )
-from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
+from worker.gpu_errors import ORT_ERRORS, GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
 from worker.house_masks import house_mask_key, photo_digest
 from worker.images import (
     CONTENT_TYPES,
@@ -72,6 +73,9 @@ log = logging.getLogger(__name__)
 MAX_PAD_RATIO = 8.0
 
 ProgressSink = Callable[[dict], None]
+
+# What a GPU failure's sentence calls each stage's GPU work (the mask stage: see `_gpu_part`).
+GPU_PARTS = {"classify": "category detection", "garment": "garment parsing", "diffusion": "diffusion"}
 
 
 def handle(
@@ -247,22 +251,27 @@ def _generate(
     """Category (when "auto"), garment (when not flat), mask, then diffusion: the GPU stages,
     where CUDA can run out of memory or fail. Returns the images, the mask, the prepared garment
     (None when flat), the request with its category and model type decided, and the guess."""
+    stage = ""  # the stage running, for the sentence of a GPU failure
     try:
         worn = guess = embeds = None
         if request.category == AUTO:
-            with _stage(timings, "classify"):
+            stage = "classify"
+            with _stage(timings, stage):
                 request, guess, embeds = _classify(runtime, request, garment)
         if request.garment_photo_type != "flat":
-            with _stage(timings, "garment"):
+            stage = "garment"
+            with _stage(timings, stage):
                 worn = _garment(runtime, request, garment)
             garment = worn.image
-        with _stage(timings, "mask"):
+        stage = "mask"
+        with _stage(timings, stage):
             model_type, category = request.model_type, request.pipeline_category
             key = None
             if house_digest is not None and user_mask is None:
                 key = house_mask_key(house_digest, model_type, category, request.fit, request.resolution)
             prepared = _prepare(runtime, person, model_type, category, user_mask, request.size, key)
-        with _stage(timings, "diffusion"):
+        stage = "diffusion"
+        with _stage(timings, stage):
             every = settings.progress_every
             outputs = _diffuse(
                 runtime, request, prepared.person, garment, prepared.mask, progress, every, embeds
@@ -273,18 +282,37 @@ def _generate(
         if failure is None:
             raise
         detail = failure_detail(error)
+        part = _gpu_part(stage, error)
     # Only reached after a GPU failure. Freeing happens here, outside the except block, because
     # until it ends the traceback keeps the failed run's frames and tensors alive.
     free_gpu_memory()
     if failure is GpuFailure.OUT_OF_MEMORY:
+        if stage == "diffusion":  # the only stage whose memory grows with samples and resolution
+            asked = f"{request.samples} sample(s) at {request.resolution}"
+            raise OutOfMemoryJobError(
+                f"the GPU ran out of memory in {part} for {asked}; try fewer samples or a smaller "
+                "resolution (this worker will be restarted)"
+            )
         raise OutOfMemoryJobError(
-            f"the GPU ran out of memory for {request.samples} sample(s) at {request.resolution}; "
-            "try fewer samples or a smaller resolution (this worker will be restarted)"
+            f"the GPU ran out of memory in {part}; send the job again (this worker will be restarted)"
         )
-    log.error("GPU failure, asking RunPod for a new worker: %s", detail)
+    log.error("GPU failure in %s, asking RunPod for a new worker: %s", part, detail)
     raise GpuFailureJobError(
-        f"the GPU failed ({detail}); send the job again (this worker will be restarted)"
+        f"the GPU failed in {part} ({detail}); send the job again (this worker will be restarted)"
     )
+
+
+def _gpu_part(stage: str, error: BaseException) -> str:
+    """What ran on the GPU when `error` came, as a failure's sentence names it.
+
+    Pose estimation (torch) and human parsing (onnxruntime) share the mask stage; the library
+    that raised tells them apart. Both always see a 384x512 picture and category detection one
+    224x224 garment: of a job's GPU work only the diffusion's memory (CLIP, UNets, VAE) depends on
+    the samples and the resolution asked for.
+    """
+    if stage == "mask":
+        return "human parsing" if isinstance(error, ORT_ERRORS) else "pose estimation"
+    return GPU_PARTS[stage]
 
 
 def _prepare(

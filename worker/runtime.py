@@ -72,7 +72,9 @@ def load_runtime(settings: Settings) -> Runtime:
 
         for pipeline in pipelines.values():
             compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
-    preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
+    preprocessor = Preprocessor.from_checkpoints(
+        sources.preprocessing.folder, threads=container_cpus(), parsing_device=settings.parsing_device
+    )
     # The category prompts are embedded once, here; CLIP's text tower is not kept afterwards.
     shared = next(iter(pipelines.values()))
     classifier = GarmentClassifier.from_clip(sources.clip.folder, shared.tokenizer, device=shared.device)
@@ -89,11 +91,12 @@ def load_runtime(settings: Settings) -> Runtime:
 
 
 _lock = threading.Lock()
-_runtimes: dict[tuple[Path | None, Path, Path, tuple[str, ...]], Runtime] = {}
+_runtimes: dict[tuple, Runtime] = {}
 
 
 def get_runtime(settings: Settings) -> Runtime:
-    """The process-wide runtime for these weight settings and model types, loaded on first use.
+    """The process-wide runtime for these weight settings, model types, parsing device and
+    compile setting, loaded on first use.
 
     Keyed by the settings, not by the folders found, so that a job costs no file-system look-up.
     """
@@ -102,6 +105,8 @@ def get_runtime(settings: Settings) -> Runtime:
         settings.baked_weights_dir,
         settings.hf_hub_cache,
         settings.model_types,
+        settings.parsing_device,
+        settings.compile,
     )
     with _lock:
         if key not in _runtimes:

@@ -7,8 +7,13 @@ with the same sentence:
 - no CUDA device and no `ALLOW_CPU=true`: a GPU worker that silently falls back to the CPU loads
   ~15 GB of fp32 weights into RAM and then times out on every job, which is worse than not
   starting (RunPod shows the failed start, and the reason is one log line);
+- `OOTD_COMPILE=true` with no compiler to build the compiled kernels (`worker.compiler`): the
+  warm-up would fail with a traceback at every start, a crash loop;
+- `PARSING_DEVICE=cuda` where parsing cannot get CUDA (no GPU, or an onnxruntime without its CUDA
+  provider);
 - on CUDA, onnxruntime-gpu is installed but the parsing sessions did not get its CUDA provider
   (usually cuDNN/cuBLAS not found): parsing would run on the CPU, seconds per job, unnoticed.
+  `PARSING_DEVICE=cpu` says that this is meant, and the worker starts.
 
 Then one log line says what actually runs (device, dtype, GPU and its memory, library versions,
 the parsing providers in use), and the warm-up runs unless `WARMUP=false`.
@@ -26,6 +31,7 @@ import torch
 
 from ootd.pipeline import resolve_device_dtype
 from preprocess.parsing import CUDA_PROVIDER
+from worker.compiler import compiler_problem
 from worker.config import Settings
 from worker.gpu_errors import GpuFailure, classify_gpu_failure, failure_detail
 from worker.job import precompute_house_masks
@@ -55,6 +61,13 @@ def start(settings: Settings) -> Runtime:
                 "would time out; set ALLOW_CPU=true to run on the CPU anyway (local runs and tests)"
             )
         log.warning("no CUDA GPU: running on the CPU because ALLOW_CPU=true")
+    if settings.compile:
+        problem = compiler_problem(device.type)
+        if problem:
+            raise StartupError(problem)
+    problem = parsing_device_problem(settings.parsing_device, device, ort.get_available_providers())
+    if problem:
+        raise StartupError(problem)
     size_thread_pools()
     try:
         runtime = get_runtime(settings)
@@ -66,11 +79,11 @@ def start(settings: Settings) -> Runtime:
             raise
         raise StartupError(loading_failure(settings, failure, failure_detail(error))) from None
     providers = parsing_providers(runtime)
-    if device.type == "cuda":
+    if device.type == "cuda" and settings.parsing_device != "cpu":
         problem = parsing_provider_problem(providers, ort.get_available_providers())
         if problem:
             raise StartupError(problem)
-    log.info("running on %s", describe(runtime, providers))
+    log.info("running on %s", describe(runtime, providers, settings.parsing_device))
     if settings.precompute_house_masks:
         _precompute_house_masks(runtime, settings)
     if not settings.warmup:
@@ -121,6 +134,22 @@ def parsing_providers(runtime: Runtime) -> list[list[str]]:
     return [list(session.get_providers()) for session in (parser.atr_session, parser.lip_session)]
 
 
+def parsing_device_problem(
+    requested: str | None, device: torch.device, available: Sequence[str]
+) -> str | None:
+    """Why `PARSING_DEVICE=cuda` cannot be honoured here (checked before loading), or None."""
+    if requested != "cuda":
+        return None
+    if device.type != "cuda":
+        return "PARSING_DEVICE=cuda, but there is no CUDA GPU; unset it or set PARSING_DEVICE=cpu"
+    if CUDA_PROVIDER not in available:
+        return (
+            f"PARSING_DEVICE=cuda, but this onnxruntime ({_version('onnxruntime')}) has no CUDA provider "
+            "(onnxruntime-gpu has one); unset it to parse on the CPU, or set PARSING_DEVICE=cpu"
+        )
+    return None
+
+
 def parsing_provider_problem(
     session_providers: Sequence[Sequence[str]], available: Sequence[str]
 ) -> str | None:
@@ -133,12 +162,16 @@ def parsing_provider_problem(
     return (
         f"onnxruntime-gpu is installed but the parsing sessions run on {', '.join(fallen_back[0])}: its "
         "CUDA provider could not load (see onnxruntime's error above; usually cuDNN or cuBLAS for "
-        "its CUDA version is missing), and parsing on the CPU would slow every job"
+        "its CUDA version is missing), and parsing on the CPU would slow every job; set "
+        "PARSING_DEVICE=cpu to parse on the CPU anyway"
     )
 
 
-def describe(runtime: Runtime, session_providers: Sequence[Sequence[str]]) -> str:
-    """One line: device and GPU, dtype, library versions, parsing providers."""
+def describe(
+    runtime: Runtime, session_providers: Sequence[Sequence[str]], parsing_device: str | None = None
+) -> str:
+    """One line: device and GPU, dtype, library versions, parsing providers (and PARSING_DEVICE
+    when it was set: CPU parsing on a GPU worker must read as meant, not as a fallback)."""
     pipeline = next(iter(runtime.pipelines.values()))
     device = pipeline.unet_vton.device
     where = str(device)
@@ -149,6 +182,7 @@ def describe(runtime: Runtime, session_providers: Sequence[Sequence[str]]) -> st
     return (
         f"{where}, {str(pipeline.unet_vton.dtype).removeprefix('torch.')}, models "
         f"{','.join(runtime.pipelines)}; {versions}; parsing providers {', '.join(used) or 'none'}"
+        + (f" (PARSING_DEVICE={parsing_device})" if parsing_device else "")
     )
 
 

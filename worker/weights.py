@@ -15,6 +15,7 @@ downloaded, and when a part is complete nowhere one error names every place that
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +44,7 @@ BAKED = "baked weights"
 CACHE = "model cache"
 
 SHOWN_MISSING = 3  # missing file names quoted per place; the rest are counted
+TINY_TREE_WRITER = "tiny_checkpoints"  # the checkout's package that writes the tiny test tree
 
 
 class WeightsMissingError(RuntimeError):
@@ -178,8 +180,19 @@ def _missing_message(lacking: Sequence[str], tried: dict[Place, list[str]], *, e
             f"Cache the hub repo {OOTD_REPO} on the endpoint (model field) with an image that bakes CLIP, "
             f"use an image with every weight baked in, or set {EXPLICIT}"
         )
-    return (
-        f"{'; '.join(findings)}. No complete copy of the {', '.join(lacking)}. {advice}. For a local run, "
-        "write the tiny test tree with `python -m tiny_checkpoints tiny-checkpoints` and set "
-        f"{EXPLICIT}=tiny-checkpoints."
-    )
+    message = f"{'; '.join(findings)}. No complete copy of the {', '.join(lacking)}. {advice}."
+    if tiny_tree_writer_present():
+        message += (
+            " For a local run, write the tiny test tree with `python -m tiny_checkpoints tiny-checkpoints` "
+            f"and set {EXPLICIT}=tiny-checkpoints."
+        )
+    return message
+
+
+def tiny_tree_writer_present() -> bool:
+    """Whether `python -m tiny_checkpoints` would run here: in a checkout, not in the image, which
+    leaves the test tree's writer out (advice names only what exists where it is given)."""
+    try:
+        return importlib.util.find_spec(TINY_TREE_WRITER) is not None
+    except (ImportError, ValueError):
+        return False
