@@ -25,7 +25,7 @@
 #
 # Steps (each named in the output and the summary; any failure makes the exit status 1):
 #   engine base build tiny-tree cmd-job startup-log serve-runsync no-allow-cpu no-weights
-#   model-cache lb-ping no-secrets sizes cleanup
+#   compile-refused model-cache lb-ping no-secrets sizes cleanup
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -57,7 +57,7 @@ SECRETS=$STATE/secrets
 ENGINE_FILE=$STATE/engine  # the engine chosen by the first step, for the others
 
 STEPS=(engine base build tiny-tree cmd-job startup-log serve-runsync no-allow-cpu no-weights
-       model-cache lb-ping no-secrets sizes cleanup)
+       compile-refused model-cache lb-ping no-secrets sizes cleanup)
 # Without these the later steps cannot run: a failure here marks the rest "not run".
 ESSENTIAL=" engine base build tiny-tree "
 
@@ -414,6 +414,20 @@ step_no_weights() {
   note "exit 1, names /weights and both cached repos"
 }
 
+# OOTD_COMPILE=true in an image without a C compiler (issue 18): a failed start in one line, before
+# any weights load, instead of a warm-up that fails at every start (a crash loop on RunPod).
+step_compile_refused() {
+  local rc=0 log=$LOGS/compile-refused.log
+  run_container "$LABEL-compile" "$log" --network none -v "$TINY:/weights:ro" "${SMOKE_ENV[@]}" \
+    -e OOTD_COMPILE=true "$IMAGE" || rc=$?
+  [ "$rc" = 1 ] || fail "exit status $rc, expected 1"
+  grep -Eq 'cannot start: OOTD_COMPILE=true needs a C(\+\+)? compiler' "$log" || fail "the reason is not in the log"
+  ! grep -q '^Traceback' "$log" || fail "a traceback instead of one line"
+  [ "$(grep -c 'cannot start' "$log")" = 1 ] || fail "more than one 'cannot start' line"
+  say "exit 1: $(grep -o 'cannot start: .*' "$log" | cut -c1-160)..."
+  note "exit 1, one line naming the missing compiler"
+}
+
 # The weights as RunPod's model cache holds them (blob symlinks, refs/main): found, and a job runs.
 step_model_cache() {
   local rc=0 log=$LOGS/model-cache.log part
@@ -444,7 +458,11 @@ step_lb_ping() {
     "${SMOKE_ENV[@]}" -e WORKER_MODE=lb -e PORT=8080 "$IMAGE" >/dev/null
   statuses=$(wait_for_http "$name" "http://127.0.0.1:$port/ping" 200) || fail "no 200 from /ping (seen: ${statuses:-none})"
   say "/ping answered: $statuses"
-  note "/ping: $statuses"
+  local page
+  page=$(curl -s --max-time 10 "http://127.0.0.1:$port/") || fail "no answer from / (the playground page)"
+  grep -q 'playground.js' <<<"$page" || fail "/ does not serve the playground page"
+  say "/ serves the playground page"
+  note "/ping: $statuses; / serves the playground"
 }
 
 # The build secrets are in no layer: no secret file, no pip setting pointing at them or at an
