@@ -41,6 +41,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from core.generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, SAMPLES_RANGE, is_guided
 from core.images import WHITE, flatten
 from core.vocabulary import MODEL_FRAME, PUBLISHED_CATEGORIES, check_published
 from ootd import layout
@@ -53,7 +54,6 @@ CATEGORIES = PUBLISHED_CATEGORIES  # the pipeline speaks the published code's na
 DC_PROMPT_WORDS: dict[str, str] = {"upper_body": "upperbody", "lower_body": "lowerbody", "dresses": "dress"}
 HD_PROMPT_LENGTH = 2
 DC_PROMPT_LENGTH = 3
-MAX_SAMPLES = 4
 MAX_STEPS = 1000
 MAX_SIDE = 2048
 SIZE_MULTIPLE = 64
@@ -402,9 +402,10 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`image_guidance_scale` must be a finite number >= 0, got {image_guidance_scale!r}"
             )
-        if not _is_int(num_images_per_prompt) or not 1 <= num_images_per_prompt <= MAX_SAMPLES:
+        low, high = SAMPLES_RANGE
+        if not _is_int(num_images_per_prompt) or not low <= num_images_per_prompt <= high:
             raise ValueError(
-                f"`num_images_per_prompt` must be an integer in 1..{MAX_SAMPLES}, "
+                f"`num_images_per_prompt` must be an integer in {low}..{high}, "
                 f"got {num_images_per_prompt!r}"
             )
         seed_ok = _is_int(generator) and generator >= 0
@@ -437,8 +438,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         garment: PIL.Image.Image,
         mask: PIL.Image.Image,
         category: str = "upper_body",
-        num_inference_steps: int = 20,
-        image_guidance_scale: float = 2.0,
+        num_inference_steps: int = DEFAULT_STEPS,
+        image_guidance_scale: float = DEFAULT_GUIDANCE,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | int | None = None,
         height: int = MODEL_FRAME.height,
@@ -476,7 +477,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet_vton.dtype
         samples = num_images_per_prompt
-        guided = image_guidance_scale > 1.0
+        guided = is_guided(image_guidance_scale)
         scaling = self.vae.config.scaling_factor
 
         # Images as published: stretched to width x height (PIL's default bicubic), gray-127 fill.

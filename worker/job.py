@@ -23,6 +23,7 @@ import runpod
 import torch
 from PIL import Image
 
+from core.generation import DEFAULT_RESOLUTION, RESOLUTIONS
 from core.images import WHITE
 from core.vocabulary import (
     AUTO,
@@ -58,7 +59,7 @@ from worker.images import (
     read_images,
 )
 from worker.runtime import Runtime, house_model_photos
-from worker.schema import FIELDS, RESOLUTIONS, TryOnRequest, parse_request
+from worker.schema import FIELDS, TryOnRequest, parse_request
 
 if TYPE_CHECKING:
     from ootd.classify import CategoryGuess
@@ -304,7 +305,7 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
     at the default fit and resolution (what a job that names only `person_index` gets), so that
     no job pays for them. Returns how many were computed; a photo where no person is found is
     logged and skipped (its jobs will fail with the same sentence)."""
-    fit, resolution = FIELDS["fit"], FIELDS["resolution"]
+    fit, resolution = FIELDS["fit"], DEFAULT_RESOLUTION
     computed = 0
     for path in house_model_photos(settings.model_images_dir):
         data = path.read_bytes()
