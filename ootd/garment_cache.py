@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-
-import PIL.Image
-import torch
+from typing import TYPE_CHECKING
 
 from ootd.lru import ByteBoundedLru
+
+if TYPE_CHECKING:  # annotations only: the worker's settings import the bound without torch
+    import PIL.Image
+    import torch
 
 MB = 1_000_000
 DEFAULT_GARMENT_CACHE_MB = 1500

@@ -17,7 +17,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from ootd import load_pipelines
 from ootd.fusion import GarmentFusedAttnProcessor, GarmentFusion, transformer_block_names
-from ootd.pipeline import load_unets
+from ootd.loading import load_unets
 
 EXPECTED_BLOCKS = [
     f"{prefix}.transformer_blocks.0"
