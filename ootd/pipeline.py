@@ -218,6 +218,21 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         pixels = image_to_tensor(image).to(self._execution_device, self.vae.dtype)
         return self.vae.encode(pixels).latent_dist.mode()
 
+    def _encode_garment(
+        self,
+        cache_key: tuple,
+        prompt_embeds: torch.Tensor,
+        garment_latents: torch.Tensor,
+        garment_batch: torch.Tensor,
+        groups: int,
+    ) -> None:
+        """The garment UNet pass for this request (the fusion keeps the try-on blocks' garment
+        keys/values), its recorded features kept in the garment cache when there is one. A method
+        of its own so that the features are not held beyond it when nothing caches them."""
+        features = self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
+        if self.garment_cache is not None:
+            self.garment_cache.put(cache_key, GarmentConditioning(prompt_embeds, garment_latents, features))
+
     # -------------------------------------------------------------------------------- validation
     def check_inputs(
         self,
@@ -389,12 +404,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             if cached is not None:
                 self.fusion.use_features(cached.features)
             else:
-                self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
-                if self.garment_cache is not None:
-                    conditioning = GarmentConditioning(
-                        prompt_embeds, garment_latents, self.fusion.recorded_features()
-                    )
-                    self.garment_cache.put(cache_key, conditioning)
+                self._encode_garment(cache_key, prompt_embeds, garment_latents, garment_batch, groups)
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for index, timestep in enumerate(timesteps):
                     model_input = torch.cat([latents] * 2) if guided else latents

@@ -71,7 +71,8 @@ def load_runtime(settings: Settings) -> Runtime:
         from ootd.compile import compile_pipeline
 
         for pipeline in pipelines.values():
-            compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
+            # Compiles lazily: the warm-up (or a shape's first job) pays.
+            compile_pipeline(pipeline, extra_resolutions=settings.extra_resolutions)
     preprocessor = Preprocessor.from_checkpoints(sources.preprocessing.folder, threads=container_cpus())
     # The category prompts are embedded once, here; CLIP's text tower is not kept afterwards.
     shared = next(iter(pipelines.values()))
