@@ -337,23 +337,26 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         `garment_image_embeds`: the garment's CLIP embedding from `garment_image_embeds()` at the
         same height and width, when the caller computed it already (no second vision pass).
         """
+        # 1. Check inputs
         self.check_inputs(
             person, garment, mask, category, num_inference_steps, image_guidance_scale,
             num_images_per_prompt, generator, height, width, output_type, callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )  # fmt: skip
+
+        # 2. Define call parameters
         if generator is None:
             generator = secrets.randbelow(2**31)
         if not isinstance(generator, torch.Generator):
             generator = torch.Generator("cpu").manual_seed(int(generator))
-
         device = self._execution_device
         dtype = self.unet_vton.dtype
         samples = num_images_per_prompt
         guided = is_guided(image_guidance_scale)
         scaling = self.vae.config.scaling_factor
 
-        # Images as published: stretched to width x height (PIL's default bicubic), gray-127 fill.
+        # 3. Preprocess the pictures as published: stretched to width x height (PIL's default
+        # bicubic), the area to repaint of the person filled with gray 127
         size = (width, height)
         person = to_rgb(person).resize(size, PIL.Image.BICUBIC)
         garment = to_rgb(garment).resize(size, PIL.Image.BICUBIC)
@@ -361,6 +364,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             mask = mask.resize(size, PIL.Image.NEAREST)
         masked_person = masked_person_image(person, mask)
 
+        # 4. Encode the garment (prompt embeddings and latents, or the garment cache's), the
+        # person and the mask
         cache_key = garment_key(garment, self.model_type, category, guided)
         cached = self.garment_cache.get(cache_key) if self.garment_cache is not None else None
         if cached is not None:
@@ -372,6 +377,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         original_latents = self.encode_image(person).to(dtype)
         mask_latents = F.interpolate(mask_to_tensor(mask), size=person_latents.shape[-2:]).to(device, dtype)
 
+        # 5. Prepare the batches: a row per sample, [garment ; zero garment] halves with guidance.
         # Repeat with torch.cat, as published: it keeps the VAE output's memory layout, and the
         # convolutions round differently on a layout change (fidelity notes).
         garment_batch = torch.cat([garment_latents], dim=0)
@@ -386,6 +392,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             batch_embeds = torch.cat([batch_embeds, batch_embeds])
             person_latents = torch.cat([person_latents] * 2, dim=0)
 
+        # 6. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         # With a begin index, add_noise uses the scheduler's own step counter, i.e. exactly the
         # sigma of the next step. Looking the timestep up instead (the published code did) picks
@@ -393,6 +400,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         # (45 steps and more); below that both give the same index.
         self.scheduler.set_begin_index(0)
         timesteps = self.scheduler.timesteps
+
+        # 7. Prepare the initial noise
         shape = (samples, self.unet_vton.config.out_channels, *person_latents.shape[-2:])
         noise = (
             randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -401,10 +410,14 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         latents = noise.clone()
 
         try:
+            # 8. Condition the try-on UNet on the garment: the garment UNet pass, or the cached
+            # features; either way the try-on blocks' garment keys/values are ready before step 1
             if cached is not None:
                 self.fusion.use_features(cached.features)
             else:
                 self._encode_garment(cache_key, prompt_embeds, garment_latents, garment_batch, groups)
+
+            # 9. Denoising loop, with the repaint after every step
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for index, timestep in enumerate(timesteps):
                     model_input = torch.cat([latents] * 2) if guided else latents
@@ -444,14 +457,16 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         finally:
             self.fusion.clear()
 
+        # 10. Decode, one image at a time: decoding 4 samples at once needs 4x the decoder activations
         if output_type == "latent":
             images: Any = latents
         else:
-            # One image at a time: decoding 4 samples at once needs 4x the decoder activations.
             decoded = [
                 self.vae.decode(latents[i : i + 1].to(self.vae.dtype) / scaling, return_dict=False)[0]
                 for i in range(samples)
             ]
             images = self.vae_image_processor.postprocess(torch.cat(decoded), output_type=output_type)
+
+        # 11. Offload all models
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images)
