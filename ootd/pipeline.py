@@ -11,7 +11,9 @@ What runs per request, in the published order (see the architecture reference, s
    eps = eps(zero garment) + s * (eps(garment) - eps(zero garment)), and after every step a latent
    repaint of the unmasked area with the original latent noised to the next timestep with the
    initial noise (the clean original after the last step);
-6. VAE decode, one image at a time.
+6. VAE decode, one image at a time, checked for NaN and infinity (a float16 overflow would come
+   out as black pixels): non-finite pixels are decoded once more in float32, and whatever stays
+   non-finite raises `ootd.errors.NonFiniteOutputError` naming the stage.
 
 Where this deliberately differs from the published code (same maths, less work): at guidance
 scale exactly 1 only the conditional half runs; the garment UNet runs on 2 rows instead of 2N;
@@ -22,9 +24,11 @@ once per garment, model type, category, size and guidance on/off and reused (`oo
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,8 +46,11 @@ from core.generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, SAMPLES_RANGE, is_g
 from core.images import WHITE, flatten
 from core.vocabulary import MODEL_FRAME, PUBLISHED_CATEGORIES, check_published
 from ootd import layout
+from ootd.errors import NonFiniteOutputError
 from ootd.fusion import GarmentFusion
 from ootd.garment_cache import GarmentCache, GarmentConditioning, garment_key
+
+log = logging.getLogger(__name__)
 
 CATEGORIES = PUBLISHED_CATEGORIES  # the pipeline speaks the published code's names
 # The words the published DC model was conditioned on; only the first BPE piece survives the
@@ -110,6 +117,15 @@ def mask_to_tensor(mask: PIL.Image.Image) -> torch.Tensor:
     """(1, 1, H, W) float32: 1 where mask >= 127 (repaint), else 0."""
     array = (np.asarray(mask) >= MASK_THRESHOLD).astype(np.float32)
     return torch.from_numpy(array)[None, None]
+
+
+@dataclass
+class OOTDiffusionPipelineOutput(ImagePipelineOutput):
+    """`images` as diffusers' `ImagePipelineOutput`, and how the decode went."""
+
+    decoded_in_float32: bool = False
+    """The VAE decode in the pipeline's dtype gave NaN or infinite pixels, and the float32 retry
+    gave these finite ones (what a benchmark reports; a log line says it too)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -233,6 +249,72 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         if self.garment_cache is not None:
             self.garment_cache.put(cache_key, GarmentConditioning(prompt_embeds, garment_latents, features))
 
+    # ---------------------------------------------------------------------------------- decoding
+    def _decode(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(N, 3, H, W) pixels in [-1, 1] of the scaled `latents`, handed to the VAE in `dtype`.
+        One image at a time: decoding 4 samples at once needs 4x the decoder activations."""
+        scaling = self.vae.config.scaling_factor
+        decoded = [
+            self.vae.decode(latents[i : i + 1].to(dtype) / scaling, return_dict=False)[0]
+            for i in range(latents.shape[0])
+        ]
+        return torch.cat(decoded)
+
+    def _decode_finite(self, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The decoded pixels, all finite, and whether that took the float32 retry.
+
+        float16 overflows where float32 does not (a VAE decoder's activations are the known
+        place), and NaN or infinity would reach the caller as black pixels. The latents and the
+        pixels are checked together (one device sync per job). Non-finite latents cannot be
+        decoded into anything, so they fail at once; non-finite pixels from finite latents are
+        decoded once more in float32 (unless the decoder already runs in it).
+        """
+        dtype = self.vae.dtype
+        pixels = self._decode(latents, dtype)
+        latents_finite, pixels_finite = torch.stack(
+            [torch.isfinite(latents).all(), torch.isfinite(pixels).all()]
+        ).tolist()
+        if not latents_finite:
+            raise self._non_finite("denoising", "the denoising produced NaN or infinite latents")
+        if pixels_finite:
+            return pixels, False
+        if dtype == torch.float32:
+            raise self._non_finite("VAE decode", "the VAE decoder produced NaN or infinite pixels in float32")
+        name = str(dtype).removeprefix("torch.")
+        log.warning("stage VAE decode: NaN or infinite pixels in %s; decoding again in float32", name)
+        pixels = self._decode_in_float32(latents)
+        if not torch.isfinite(pixels).all():
+            raise self._non_finite(
+                "VAE decode", f"the VAE decoder produced NaN or infinite pixels in {name} and in float32"
+            )
+        return pixels, True
+
+    def _decode_in_float32(self, latents: torch.Tensor) -> torch.Tensor:
+        """`_decode` with the VAE's decoding half (post-quant conv and decoder) cast to float32 for
+        this call and back after. In place rather than a float32 copy: the parameters grow by
+        half their float16 bytes while it runs (about 100 MB for SD-1.5's decoder) where a copy
+        beside them would add twice that, and float16 -> float32 -> float16 is exact, so the
+        weights come back bit for bit. Like the fusion, not for two requests at a time (the VAE
+        is shared by both model types; the worker runs one job at a time)."""
+        parts = [part for part in (self.vae.post_quant_conv, self.vae.decoder) if part is not None]
+        dtypes = [next(part.parameters()).dtype for part in parts]
+        try:
+            for part in parts:
+                part.to(torch.float32)
+            return self._decode(latents, torch.float32)
+        finally:
+            for part, dtype in zip(parts, dtypes, strict=True):
+                part.to(dtype)
+
+    def _check_latents_finite(self, latents: torch.Tensor) -> None:
+        """For `output_type="latent"`: the latents alone (one device sync)."""
+        if not torch.isfinite(latents).all():
+            raise self._non_finite("denoising", "the denoising produced NaN or infinite latents")
+
+    def _non_finite(self, stage: str, message: str) -> NonFiniteOutputError:
+        log.error("non-finite output, stage %s (model %s): %s", stage, self.model_type, message)
+        return NonFiniteOutputError(stage, message)
+
     # -------------------------------------------------------------------------------- validation
     def check_inputs(
         self,
@@ -321,7 +403,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         garment_image_embeds: torch.Tensor | None = None,
-    ) -> ImagePipelineOutput:
+    ) -> OOTDiffusionPipelineOutput:
         """Dress `person` in `garment` inside `mask` (PIL "L", 255 = repaint).
 
         `generator`: a torch.Generator (use `torch.Generator("cpu")` for device-independent noise),
@@ -336,6 +418,9 @@ class OOTDiffusionPipeline(DiffusionPipeline):
 
         `garment_image_embeds`: the garment's CLIP embedding from `garment_image_embeds()` at the
         same height and width, when the caller computed it already (no second vision pass).
+
+        Raises `ootd.errors.NonFiniteOutputError` rather than return NaN or infinite values
+        (black pixels); `.decoded_in_float32` says when the float32 decode retry was needed.
         """
         # 1. Check inputs
         self.check_inputs(
@@ -457,16 +542,15 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         finally:
             self.fusion.clear()
 
-        # 10. Decode, one image at a time: decoding 4 samples at once needs 4x the decoder activations
+        # 10. Decode, and refuse NaN or infinite values (one check, one device sync)
+        decoded_in_float32 = False
         if output_type == "latent":
+            self._check_latents_finite(latents)
             images: Any = latents
         else:
-            decoded = [
-                self.vae.decode(latents[i : i + 1].to(self.vae.dtype) / scaling, return_dict=False)[0]
-                for i in range(samples)
-            ]
-            images = self.vae_image_processor.postprocess(torch.cat(decoded), output_type=output_type)
+            pixels, decoded_in_float32 = self._decode_finite(latents)
+            images = self.vae_image_processor.postprocess(pixels, output_type=output_type)
 
         # 11. Offload all models
         self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images)
+        return OOTDiffusionPipelineOutput(images=images, decoded_in_float32=decoded_in_float32)

@@ -34,6 +34,7 @@ from core.vocabulary import (
     category_name,
     unsupported,
 )
+from ootd.errors import NonFiniteOutputError
 from preprocess import PreprocessError, PreprocessResult
 from preprocess.images import load_mask, load_rgb
 from storage import OutputFile, store_outputs
@@ -406,7 +407,7 @@ def _diffuse(
         return callback_kwargs
 
     width, height = request.size
-    with torch.inference_mode():
+    with torch.inference_mode(), _non_finite_as_job_error():
         return runtime.pipelines[request.model_type](
             person,
             garment,
@@ -422,6 +423,19 @@ def _diffuse(
             callback_on_step_end=on_step_end,
             garment_image_embeds=garment_image_embeds,
         ).images
+
+
+@contextmanager
+def _non_finite_as_job_error() -> Iterator[None]:
+    """A NaN or infinite result (the pipeline retried the decode in float32 already) ends the job
+    with a sentence; the GPU is fine, so the worker stays."""
+    try:
+        yield
+    except NonFiniteOutputError as error:
+        raise JobError(
+            f"the try-on produced no usable image: {error}; "
+            "send the job again with another seed or a lower guidance_scale"
+        ) from None
 
 
 def runpod_progress(job: Mapping[str, Any]) -> ProgressSink:
