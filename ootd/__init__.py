@@ -7,8 +7,9 @@ bounds for the worker's settings) starts without them. This package must stay fr
 worker's transport concerns (runpod, boto3, requests) and of the preprocessing package.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.lazy import lazy_names
 
 if TYPE_CHECKING:
     from ootd.loading import load_pipelines
@@ -23,10 +24,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import the heavy parts only when they are first used."""
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ootd' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
