@@ -67,6 +67,9 @@ def load_runtime(settings: Settings) -> Runtime:
         clip_dir=sources.clip.folder,
         garment_cache=garment_cache,
     )
+    for pipeline in pipelines.values():
+        # Progress goes to RunPod's progress_update (worker.job); a tqdm bar would only fill the log.
+        pipeline.set_progress_bar_config(disable=True)
     if settings.compile:
         from ootd.compile import compile_pipeline
 
