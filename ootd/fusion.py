@@ -13,7 +13,11 @@ The published block concatenates [try-on ; garment] tokens, applies `norm1`, sel
 of them, adds the residual and keeps the first half. LayerNorm is per token and the garment-query
 rows are thrown away, so computing only the try-on queries against the concatenated keys/values is
 exactly the same function, minus the wasted work. Because the garment features come from one
-garment-UNet pass at t=0, their keys/values are constant for a request and are cached.
+garment-UNet pass at t=0, their keys/values are constant for a request: they are computed once,
+when the garment is encoded or its recorded features are handed back (`use_features`), outside
+the try-on UNet, whose forward only reads them. That keeps the forward the same function on every
+step, so a compiled UNet traces one graph per shape (computing them lazily on the first step made
+dynamo trace a second graph for the steps after it).
 
 Blocks are matched by module name (`down_blocks.0.attentions.0.transformer_blocks.0`, ...), which
 is identical in both UNets: the published code matched them by execution order, which is the same.
@@ -44,28 +48,23 @@ def transformer_block_names(unet: torch.nn.Module) -> list[str]:
 
 
 class GarmentFeatureStore:
-    """One request's garment features and the per-block key/value cache derived from them.
+    """One request's garment as the try-on blocks see it.
 
-    `features[name]` is the recorded input of garment block `name`, shape (G, M, C) with G = 1
-    (garment) or 2 ([garment ; zero garment] for guidance).
+    `kv[name]` are the keys and values of try-on block `name`'s self-attention over the garment
+    tokens, each (G, M, C) with G = 1 (garment) or 2 ([garment ; zero garment] for guidance).
+    `features` holds the garment blocks' inputs only while `GarmentFusion.encode_garment` records
+    them.
     """
 
     def __init__(self) -> None:
         self.features: dict[str, torch.Tensor] = {}
-        self.kv_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.recording = False
 
     def clear(self) -> None:
-        """Drop the features and cached keys/values (frees memory between requests)."""
+        """Drop the garment (frees memory between requests)."""
         self.features.clear()
-        self.kv_cache.clear()
-
-    @property
-    def num_garments(self) -> int:
-        """G: how many garment rows the features have (0 when none are loaded)."""
-        if not self.features:
-            return 0
-        return next(iter(self.features.values())).shape[0]
+        self.kv.clear()
 
 
 class GarmentFusedAttnProcessor:
@@ -73,28 +72,14 @@ class GarmentFusedAttnProcessor:
 
     Called by the stock block with `hidden_states = norm1(h)` of the try-on tokens (B, N, C).
     Returns (B, N, C): SDPA of queries from those tokens over keys/values of
-    [those tokens ; `norm1`(garment tokens of the matching garment block)]. The try-on batch must
-    be G groups of B / G rows in the order of the garment rows ([cond x n ; uncond x n]).
+    [those tokens ; `norm1`(garment tokens of the matching garment block)], the garment's part
+    read from the store (`GarmentFusion` fills it before the UNet runs). The try-on batch must be
+    G groups of B / G rows in the order of the garment rows ([cond x n ; uncond x n]).
     """
 
-    def __init__(self, name: str, norm: torch.nn.Module, store: GarmentFeatureStore) -> None:
+    def __init__(self, name: str, store: GarmentFeatureStore) -> None:
         self.name = name
-        self.norm = norm
         self.store = store
-
-    def _garment_kv(self, attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
-        cached = self.store.kv_cache.get(self.name)
-        if cached is None:
-            feature = self.store.features.get(self.name)
-            if feature is None:
-                raise RuntimeError(
-                    f"no garment features for try-on block {self.name!r}: "
-                    "run GarmentFusion.encode_garment first"
-                )
-            normed = self.norm(feature)
-            cached = (attn.to_k(normed), attn.to_v(normed))
-            self.store.kv_cache[self.name] = cached
-        return cached
 
     def __call__(
         self,
@@ -109,7 +94,13 @@ class GarmentFusedAttnProcessor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("the fused self-attention takes neither encoder states nor an attention mask")
         batch, tokens, _ = hidden_states.shape
-        garment_k, garment_v = self._garment_kv(attn)
+        garment_kv = self.store.kv.get(self.name)
+        if garment_kv is None:
+            raise RuntimeError(
+                f"no garment keys/values for try-on block {self.name!r}: "
+                "run GarmentFusion.encode_garment (or use_features) first"
+            )
+        garment_k, garment_v = garment_kv
         groups = garment_k.shape[0]
         if batch % groups:
             raise ValueError(f"try-on batch {batch} is not a multiple of the {groups} garment rows")
@@ -169,6 +160,7 @@ class GarmentFusion:
         self.unet_vton = unet_vton
         self.block_names = garm_names
         self.store = GarmentFeatureStore()
+        self._vton_blocks: dict[str, BasicTransformerBlock] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._previous_processors: dict[str, Any] = {}
 
@@ -178,12 +170,12 @@ class GarmentFusion:
             self._hooks.append(
                 garm_blocks[name].register_forward_pre_hook(self._recorder(name), with_kwargs=True)
             )
-            block = vton_blocks[name]
+            block = self._vton_blocks[name] = vton_blocks[name]
             _check_plain_self_attention(name, block.attn1)
             self._previous_processors[name] = block.attn1.processor
             # Attention.set_processor on each module directly: set_attn_processor(dict) would
             # need every processor of the UNet (attn2 too) and empties the dict it is given.
-            block.attn1.set_processor(GarmentFusedAttnProcessor(name, block.norm1, self.store))
+            block.attn1.set_processor(GarmentFusedAttnProcessor(name, self.store))
         unet_vton._ootd_garment_fusion = self
 
     @classmethod
@@ -211,8 +203,12 @@ class GarmentFusion:
         return record
 
     @torch.inference_mode()
-    def encode_garment(self, garment_latents: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
-        """Run the garment UNet once at timestep 0 and keep its 16 block inputs for this request.
+    def encode_garment(
+        self, garment_latents: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Run the garment UNet once at timestep 0 and condition the try-on blocks on its 16 block
+        inputs (`use_features`). Returns those inputs (a new dict, not kept here), for a caller
+        that keeps them to skip the garment pass next time.
 
         `garment_latents` (G, 4, h, w) are the unscaled VAE latents, [garment] or
         [garment ; zeros]; `encoder_hidden_states` (G, T, D) the prompt embeddings of the request.
@@ -223,23 +219,27 @@ class GarmentFusion:
             self.unet_garm(garment_latents, 0, encoder_hidden_states=encoder_hidden_states, return_dict=False)
         finally:
             self.store.recording = False
-        missing = [name for name in self.block_names if name not in self.store.features]
+        features = dict(self.store.features)
+        self.store.features.clear()
+        missing = [name for name in self.block_names if name not in features]
         if missing:
             raise RuntimeError(f"garment UNet pass recorded no input for {missing}")
+        self.use_features(features)
+        return features
 
-    def recorded_features(self) -> dict[str, torch.Tensor]:
-        """The current garment's recorded block inputs (a new dict: `clear` does not empty it),
-        for a caller that keeps them to skip the garment pass next time."""
-        return dict(self.store.features)
-
+    @torch.inference_mode()
     def use_features(self, features: dict[str, torch.Tensor]) -> None:
-        """Condition on block inputs recorded by an earlier `encode_garment` instead of
-        running the garment UNet again (same tensors, so the same result)."""
+        """Condition the try-on blocks on the garment block inputs `features` (from this or an
+        earlier `encode_garment`): each try-on block's `norm1`, then its self-attention's key and
+        value projections, of the matching garment tokens (the same tensors give the same result).
+        """
         missing = [name for name in self.block_names if name not in features]
         if missing:
             raise ValueError(f"the garment features lack the blocks {missing}")
         self.store.clear()
-        self.store.features.update(features)
+        for name, block in self._vton_blocks.items():
+            normed = block.norm1(features[name])
+            self.store.kv[name] = (block.attn1.to_k(normed), block.attn1.to_v(normed))
 
     def clear(self) -> None:
         """Forget the current garment (call at the end of every request)."""
@@ -254,6 +254,7 @@ class GarmentFusion:
         for name, processor in self._previous_processors.items():
             vton_blocks[name].attn1.set_processor(processor)
         self._previous_processors.clear()
+        self._vton_blocks.clear()
         self.store.clear()
         if getattr(self.unet_vton, "_ootd_garment_fusion", None) is self:
             del self.unet_vton._ootd_garment_fusion

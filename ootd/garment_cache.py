@@ -5,8 +5,9 @@ and whether guidance is on): the prompt embeddings (CLIP image embedding + the c
 states), the garment's VAE latents and the garment UNet's 16 recorded block inputs (one pass at
 t=0, `GarmentFusion.encode_garment`). None of it depends on the person, the mask, the seed or
 the number of steps or samples, so a client that renders one garment on several house models
-pays for it once. The try-on blocks' keys/values are not stored: they are one linear layer of
-these features per block and would double the bytes.
+pays for it once. The try-on blocks' keys/values are not stored: a hit derives them again from
+these features (`GarmentFusion.use_features`: each block's `norm1` and two linear layers, small
+next to one UNet step), where storing them would take twice the features' bytes.
 
 A hit hands the pipeline the very tensors a miss computed (no copy, no cast), so it produces
 exactly the same bytes. The cache lives on the pipelines' device (no host round trip per hit)
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-
-import PIL.Image
-import torch
+from typing import TYPE_CHECKING
 
 from ootd.lru import ByteBoundedLru
+
+if TYPE_CHECKING:  # annotations only: the worker's settings import the bound without torch
+    import PIL.Image
+    import torch
 
 MB = 1_000_000
 DEFAULT_GARMENT_CACHE_MB = 1500

@@ -11,7 +11,9 @@ What runs per request, in the published order (see the architecture reference, s
    eps = eps(zero garment) + s * (eps(garment) - eps(zero garment)), and after every step a latent
    repaint of the unmasked area with the original latent noised to the next timestep with the
    initial noise (the clean original after the last step);
-6. VAE decode, one image at a time.
+6. VAE decode, one image at a time, checked for NaN and infinity (a float16 overflow would come
+   out as black pixels): non-finite pixels are decoded once more in float32, and whatever stays
+   non-finite raises `ootd.errors.NonFiniteOutputError` naming the stage.
 
 Where this deliberately differs from the published code (same maths, less work): at guidance
 scale exactly 1 only the conditional half runs; the garment UNet runs on 2 rows instead of 2N;
@@ -22,10 +24,10 @@ once per garment, model type, category, size and guidance on/off and reused (`oo
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,18 +36,21 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-import transformers
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel, UniPCMultistepScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from core.generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, SAMPLES_RANGE, is_guided
 from core.images import WHITE, flatten
 from core.vocabulary import MODEL_FRAME, PUBLISHED_CATEGORIES, check_published
 from ootd import layout
+from ootd.errors import NonFiniteOutputError
 from ootd.fusion import GarmentFusion
 from ootd.garment_cache import GarmentCache, GarmentConditioning, garment_key
+
+log = logging.getLogger(__name__)
 
 CATEGORIES = PUBLISHED_CATEGORIES  # the pipeline speaks the published code's names
 # The words the published DC model was conditioned on; only the first BPE piece survives the
@@ -53,16 +58,12 @@ CATEGORIES = PUBLISHED_CATEGORIES  # the pipeline speaks the published code's na
 DC_PROMPT_WORDS: dict[str, str] = {"upper_body": "upperbody", "lower_body": "lowerbody", "dresses": "dress"}
 HD_PROMPT_LENGTH = 2
 DC_PROMPT_LENGTH = 3
-MAX_SAMPLES = 4
 MAX_STEPS = 1000
 MAX_SIDE = 2048
 SIZE_MULTIPLE = 64
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "latent")
 MASK_GRAY = (127, 127, 127)
 MASK_THRESHOLD = 127
-# CLIP's text tower shares the hub file with the vision tower; loading only the vision half
-# leaves these keys unused, which is expected and not an error.
-CLIP_TEXT_TOWER_PREFIXES: tuple[str, ...] = ("text_model.", "text_projection.", "logit_scale")
 
 
 def build_scheduler(config: dict[str, Any]) -> UniPCMultistepScheduler:
@@ -85,144 +86,6 @@ def resolve_device_dtype(
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     return device, dtype
-
-
-@contextmanager
-def _quiet_transformers():
-    """transformers 5 prints a long table for expected unused keys (the loader checks them itself)
-    and a progress bar per model."""
-    previous = transformers.logging.get_verbosity()
-    bars = transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(previous)
-        if bars:
-            transformers.logging.enable_progress_bar()
-
-
-def _raise_on_bad_keys(what: str, info: dict[str, Any], allowed_unexpected: Sequence[str] = ()) -> None:
-    missing = sorted(info.get("missing_keys") or [])
-    unexpected = sorted(
-        k for k in info.get("unexpected_keys") or [] if not k.startswith(tuple(allowed_unexpected))
-    )
-    mismatched = list(info.get("mismatched_keys") or [])
-    if missing or unexpected or mismatched:
-        raise RuntimeError(
-            f"{what}: checkpoint does not match the model: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)}), "
-            f"mismatched {mismatched[:5]} ({len(mismatched)})"
-        )
-
-
-@dataclass
-class SharedComponents:
-    """The parts both model types use: loaded once, shared by the HD and DC pipelines."""
-
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
-    image_encoder: CLIPVisionModelWithProjection
-    image_processor: CLIPImageProcessorPil
-    scheduler_config: dict[str, Any]
-
-
-def _check_files(root: Path, model_types: Sequence[str], clip_dir: Path) -> None:
-    for model_type in model_types:
-        layout.check_model_type(model_type)
-    missing = layout.missing_files(root, layout.diffusion_files(tuple(model_types)))
-    missing += [str(clip_dir / name) for name in layout.missing_files(clip_dir, layout.CLIP_FOLDER_FILES)]
-    if missing:
-        raise FileNotFoundError(f"checkpoint tree {root} lacks {len(missing)} files, e.g. {missing[:3]}")
-
-
-def _is_safetensors(root: Path, listed: str) -> bool:
-    """Whether the file standing for `listed` is the converted safetensors form (else the hub's
-    pickle). Told to the loaders explicitly, so that they read the file `missing_files` found."""
-    present = layout.present_form(root, listed)
-    return present is not None and present.suffix == ".safetensors"
-
-
-def load_shared_components(
-    root: str | Path,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    clip_dir: str | Path | None = None,
-) -> SharedComponents:
-    """Load VAE (`dtype`), text encoder + CLIP image encoder (float32, as published), tokenizer,
-    CLIP image processor and the scheduler config from local files only.
-
-    CLIP is read from `clip_dir` when given (a copy of its own hub repo, e.g. a Hugging Face
-    cache snapshot: the OOTD repo does not hold it), else from `root/clip-vit-large-patch14`.
-    """
-    root = Path(root)
-    clip_dir = Path(clip_dir) if clip_dir is not None else root / layout.CLIP_DIR
-    device, dtype = resolve_device_dtype(device, dtype)
-    # Either form of the weights (layout.CONVERTED_WEIGHTS): the hub's fp32 pickle, or the fp16
-    # safetensors of `builder.to_fp16`, whose values are exactly this cast to fp16.
-    vae, info = AutoencoderKL.from_pretrained(
-        root / layout.VAE_DIR,
-        torch_dtype=dtype,
-        use_safetensors=_is_safetensors(root, layout.VAE_WEIGHTS),
-        local_files_only=True,
-        output_loading_info=True,
-    )
-    _raise_on_bad_keys("vae", info)
-    with _quiet_transformers():
-        text_encoder, info = CLIPTextModel.from_pretrained(
-            root / layout.TEXT_ENCODER_DIR,
-            dtype=torch.float32,
-            use_safetensors=_is_safetensors(root, layout.TEXT_ENCODER_WEIGHTS),
-            local_files_only=True,
-            output_loading_info=True,
-        )
-        _raise_on_bad_keys("text_encoder", info)
-        image_encoder, info = CLIPVisionModelWithProjection.from_pretrained(
-            clip_dir, dtype=torch.float32, local_files_only=True, output_loading_info=True
-        )
-        _raise_on_bad_keys("image_encoder", info, allowed_unexpected=CLIP_TEXT_TOWER_PREFIXES)
-        # The PIL backend explicitly: its pixel values match the published processor's, and the
-        # torchvision one (picked whenever torchvision is installed) is untested for parity.
-        image_processor = CLIPImageProcessorPil.from_pretrained(clip_dir, local_files_only=True)
-    # Always from the folder: building a transformers-5 CLIPTokenizer from file arguments
-    # silently yields a 3-token vocabulary (environment notes).
-    tokenizer = CLIPTokenizer.from_pretrained(root / layout.TOKENIZER_DIR, local_files_only=True)
-    scheduler_config = dict(
-        UniPCMultistepScheduler.load_config(root / layout.SCHEDULER_DIR, local_files_only=True)
-    )
-    return SharedComponents(
-        vae=vae.to(device).eval(),
-        text_encoder=text_encoder.to(device).eval(),
-        tokenizer=tokenizer,
-        image_encoder=image_encoder.to(device).eval(),
-        image_processor=image_processor,
-        scheduler_config=scheduler_config,
-    )
-
-
-def load_unets(
-    root: str | Path,
-    model_type: str,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> tuple[UNet2DConditionModel, UNet2DConditionModel]:
-    """The garment and try-on UNets of one model type as stock `UNet2DConditionModel`s."""
-    root = Path(root)
-    device, dtype = resolve_device_dtype(device, dtype)
-    unets = []
-    for which in ("unet_garm", "unet_vton"):
-        unet, info = UNet2DConditionModel.from_pretrained(
-            root / layout.unet_dir(model_type, which),
-            torch_dtype=dtype,
-            use_safetensors=True,
-            local_files_only=True,
-            output_loading_info=True,
-        )
-        _raise_on_bad_keys(f"{model_type}/{which}", info)
-        unets.append(unet.to(device).eval())
-    return unets[0], unets[1]
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -254,6 +117,15 @@ def mask_to_tensor(mask: PIL.Image.Image) -> torch.Tensor:
     """(1, 1, H, W) float32: 1 where mask >= 127 (repaint), else 0."""
     array = (np.asarray(mask) >= MASK_THRESHOLD).astype(np.float32)
     return torch.from_numpy(array)[None, None]
+
+
+@dataclass
+class OOTDiffusionPipelineOutput(ImagePipelineOutput):
+    """`images` as diffusers' `ImagePipelineOutput`, and how the decode went."""
+
+    decoded_in_float32: bool = False
+    """The VAE decode in the pipeline's dtype gave NaN or infinite pixels, and the float32 retry
+    gave these finite ones (what a benchmark reports; a log line says it too)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -318,6 +190,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         `dtype` applies to the UNets and the VAE (default float16 on CUDA, float32 on CPU); the
         CLIP text and image encoders stay float32 as in the published code.
         """
+        from ootd.loading import load_pipelines
+
         return load_pipelines(root, model_types=(model_type,), device=device, dtype=dtype)[model_type]
 
     # ------------------------------------------------------------------------------ conditioning
@@ -359,6 +233,87 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         """Unscaled VAE latent `mode()` of one RGB image, (1, 4, H/8, W/8) in the VAE's dtype."""
         pixels = image_to_tensor(image).to(self._execution_device, self.vae.dtype)
         return self.vae.encode(pixels).latent_dist.mode()
+
+    def _encode_garment(
+        self,
+        cache_key: tuple,
+        prompt_embeds: torch.Tensor,
+        garment_latents: torch.Tensor,
+        garment_batch: torch.Tensor,
+        groups: int,
+    ) -> None:
+        """The garment UNet pass for this request (the fusion keeps the try-on blocks' garment
+        keys/values), its recorded features kept in the garment cache when there is one. A method
+        of its own so that the features are not held beyond it when nothing caches them."""
+        features = self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
+        if self.garment_cache is not None:
+            self.garment_cache.put(cache_key, GarmentConditioning(prompt_embeds, garment_latents, features))
+
+    # ---------------------------------------------------------------------------------- decoding
+    def _decode(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(N, 3, H, W) pixels in [-1, 1] of the scaled `latents`, handed to the VAE in `dtype`.
+        One image at a time: decoding 4 samples at once needs 4x the decoder activations."""
+        scaling = self.vae.config.scaling_factor
+        decoded = [
+            self.vae.decode(latents[i : i + 1].to(dtype) / scaling, return_dict=False)[0]
+            for i in range(latents.shape[0])
+        ]
+        return torch.cat(decoded)
+
+    def _decode_finite(self, latents: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The decoded pixels, all finite, and whether that took the float32 retry.
+
+        float16 overflows where float32 does not (a VAE decoder's activations are the known
+        place), and NaN or infinity would reach the caller as black pixels. The latents and the
+        pixels are checked together (one device sync per job). Non-finite latents cannot be
+        decoded into anything, so they fail at once; non-finite pixels from finite latents are
+        decoded once more in float32 (unless the decoder already runs in it).
+        """
+        dtype = self.vae.dtype
+        pixels = self._decode(latents, dtype)
+        latents_finite, pixels_finite = torch.stack(
+            [torch.isfinite(latents).all(), torch.isfinite(pixels).all()]
+        ).tolist()
+        if not latents_finite:
+            raise self._non_finite("denoising", "the denoising produced NaN or infinite latents")
+        if pixels_finite:
+            return pixels, False
+        if dtype == torch.float32:
+            raise self._non_finite("VAE decode", "the VAE decoder produced NaN or infinite pixels in float32")
+        name = str(dtype).removeprefix("torch.")
+        log.warning("stage VAE decode: NaN or infinite pixels in %s; decoding again in float32", name)
+        pixels = self._decode_in_float32(latents)
+        if not torch.isfinite(pixels).all():
+            raise self._non_finite(
+                "VAE decode", f"the VAE decoder produced NaN or infinite pixels in {name} and in float32"
+            )
+        return pixels, True
+
+    def _decode_in_float32(self, latents: torch.Tensor) -> torch.Tensor:
+        """`_decode` with the VAE's decoding half (post-quant conv and decoder) cast to float32 for
+        this call and back after. In place rather than a float32 copy: the parameters grow by
+        half their float16 bytes while it runs (about 100 MB for SD-1.5's decoder) where a copy
+        beside them would add twice that, and float16 -> float32 -> float16 is exact, so the
+        weights come back bit for bit. Like the fusion, not for two requests at a time (the VAE
+        is shared by both model types; the worker runs one job at a time)."""
+        parts = [part for part in (self.vae.post_quant_conv, self.vae.decoder) if part is not None]
+        dtypes = [next(part.parameters()).dtype for part in parts]
+        try:
+            for part in parts:
+                part.to(torch.float32)
+            return self._decode(latents, torch.float32)
+        finally:
+            for part, dtype in zip(parts, dtypes, strict=True):
+                part.to(dtype)
+
+    def _check_latents_finite(self, latents: torch.Tensor) -> None:
+        """For `output_type="latent"`: the latents alone (one device sync)."""
+        if not torch.isfinite(latents).all():
+            raise self._non_finite("denoising", "the denoising produced NaN or infinite latents")
+
+    def _non_finite(self, stage: str, message: str) -> NonFiniteOutputError:
+        log.error("non-finite output, stage %s (model %s): %s", stage, self.model_type, message)
+        return NonFiniteOutputError(stage, message)
 
     # -------------------------------------------------------------------------------- validation
     def check_inputs(
@@ -402,9 +357,10 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`image_guidance_scale` must be a finite number >= 0, got {image_guidance_scale!r}"
             )
-        if not _is_int(num_images_per_prompt) or not 1 <= num_images_per_prompt <= MAX_SAMPLES:
+        low, high = SAMPLES_RANGE
+        if not _is_int(num_images_per_prompt) or not low <= num_images_per_prompt <= high:
             raise ValueError(
-                f"`num_images_per_prompt` must be an integer in 1..{MAX_SAMPLES}, "
+                f"`num_images_per_prompt` must be an integer in {low}..{high}, "
                 f"got {num_images_per_prompt!r}"
             )
         seed_ok = _is_int(generator) and generator >= 0
@@ -437,8 +393,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         garment: PIL.Image.Image,
         mask: PIL.Image.Image,
         category: str = "upper_body",
-        num_inference_steps: int = 20,
-        image_guidance_scale: float = 2.0,
+        num_inference_steps: int = DEFAULT_STEPS,
+        image_guidance_scale: float = DEFAULT_GUIDANCE,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | int | None = None,
         height: int = MODEL_FRAME.height,
@@ -447,7 +403,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         garment_image_embeds: torch.Tensor | None = None,
-    ) -> ImagePipelineOutput:
+    ) -> OOTDiffusionPipelineOutput:
         """Dress `person` in `garment` inside `mask` (PIL "L", 255 = repaint).
 
         `generator`: a torch.Generator (use `torch.Generator("cpu")` for device-independent noise),
@@ -462,24 +418,30 @@ class OOTDiffusionPipeline(DiffusionPipeline):
 
         `garment_image_embeds`: the garment's CLIP embedding from `garment_image_embeds()` at the
         same height and width, when the caller computed it already (no second vision pass).
+
+        Raises `ootd.errors.NonFiniteOutputError` rather than return NaN or infinite values
+        (black pixels); `.decoded_in_float32` says when the float32 decode retry was needed.
         """
+        # 1. Check inputs
         self.check_inputs(
             person, garment, mask, category, num_inference_steps, image_guidance_scale,
             num_images_per_prompt, generator, height, width, output_type, callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )  # fmt: skip
+
+        # 2. Define call parameters
         if generator is None:
             generator = secrets.randbelow(2**31)
         if not isinstance(generator, torch.Generator):
             generator = torch.Generator("cpu").manual_seed(int(generator))
-
         device = self._execution_device
         dtype = self.unet_vton.dtype
         samples = num_images_per_prompt
-        guided = image_guidance_scale > 1.0
+        guided = is_guided(image_guidance_scale)
         scaling = self.vae.config.scaling_factor
 
-        # Images as published: stretched to width x height (PIL's default bicubic), gray-127 fill.
+        # 3. Preprocess the pictures as published: stretched to width x height (PIL's default
+        # bicubic), the area to repaint of the person filled with gray 127
         size = (width, height)
         person = to_rgb(person).resize(size, PIL.Image.BICUBIC)
         garment = to_rgb(garment).resize(size, PIL.Image.BICUBIC)
@@ -487,6 +449,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             mask = mask.resize(size, PIL.Image.NEAREST)
         masked_person = masked_person_image(person, mask)
 
+        # 4. Encode the garment (prompt embeddings and latents, or the garment cache's), the
+        # person and the mask
         cache_key = garment_key(garment, self.model_type, category, guided)
         cached = self.garment_cache.get(cache_key) if self.garment_cache is not None else None
         if cached is not None:
@@ -498,6 +462,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         original_latents = self.encode_image(person).to(dtype)
         mask_latents = F.interpolate(mask_to_tensor(mask), size=person_latents.shape[-2:]).to(device, dtype)
 
+        # 5. Prepare the batches: a row per sample, [garment ; zero garment] halves with guidance.
         # Repeat with torch.cat, as published: it keeps the VAE output's memory layout, and the
         # convolutions round differently on a layout change (fidelity notes).
         garment_batch = torch.cat([garment_latents], dim=0)
@@ -512,6 +477,7 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             batch_embeds = torch.cat([batch_embeds, batch_embeds])
             person_latents = torch.cat([person_latents] * 2, dim=0)
 
+        # 6. Prepare timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         # With a begin index, add_noise uses the scheduler's own step counter, i.e. exactly the
         # sigma of the next step. Looking the timestep up instead (the published code did) picks
@@ -519,6 +485,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         # (45 steps and more); below that both give the same index.
         self.scheduler.set_begin_index(0)
         timesteps = self.scheduler.timesteps
+
+        # 7. Prepare the initial noise
         shape = (samples, self.unet_vton.config.out_channels, *person_latents.shape[-2:])
         noise = (
             randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -527,15 +495,14 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         latents = noise.clone()
 
         try:
+            # 8. Condition the try-on UNet on the garment: the garment UNet pass, or the cached
+            # features; either way the try-on blocks' garment keys/values are ready before step 1
             if cached is not None:
                 self.fusion.use_features(cached.features)
             else:
-                self.fusion.encode_garment(garment_batch, torch.cat([prompt_embeds] * groups, dim=0))
-                if self.garment_cache is not None:
-                    conditioning = GarmentConditioning(
-                        prompt_embeds, garment_latents, self.fusion.recorded_features()
-                    )
-                    self.garment_cache.put(cache_key, conditioning)
+                self._encode_garment(cache_key, prompt_embeds, garment_latents, garment_batch, groups)
+
+            # 9. Denoising loop, with the repaint after every step
             with self.progress_bar(total=len(timesteps)) as progress_bar:
                 for index, timestep in enumerate(timesteps):
                     model_input = torch.cat([latents] * 2) if guided else latents
@@ -575,54 +542,15 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         finally:
             self.fusion.clear()
 
+        # 10. Decode, and refuse NaN or infinite values (one check, one device sync)
+        decoded_in_float32 = False
         if output_type == "latent":
+            self._check_latents_finite(latents)
             images: Any = latents
         else:
-            # One image at a time: decoding 4 samples at once needs 4x the decoder activations.
-            decoded = [
-                self.vae.decode(latents[i : i + 1].to(self.vae.dtype) / scaling, return_dict=False)[0]
-                for i in range(samples)
-            ]
-            images = self.vae_image_processor.postprocess(torch.cat(decoded), output_type=output_type)
+            pixels, decoded_in_float32 = self._decode_finite(latents)
+            images = self.vae_image_processor.postprocess(pixels, output_type=output_type)
+
+        # 11. Offload all models
         self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images)
-
-
-def load_pipelines(
-    root: str | Path,
-    model_types: Sequence[str] = layout.MODEL_TYPES,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    clip_dir: str | Path | None = None,
-    garment_cache: GarmentCache | None = None,
-) -> dict[str, OOTDiffusionPipeline]:
-    """One pipeline per model type, sharing one VAE, text encoder, tokenizer, CLIP image encoder
-    and processor (loaded once); each gets its own scheduler (it keeps per-run state).
-
-    `clip_dir`: CLIP's own folder when it is not `root/clip-vit-large-patch14`.
-    `garment_cache`: one cache for all the pipelines (its key holds the model type), so that
-    its byte bound is the whole worker's; None runs without one."""
-    root = Path(root)
-    clip_dir = Path(clip_dir) if clip_dir is not None else root / layout.CLIP_DIR
-    model_types = tuple(model_types)
-    if not model_types:
-        raise ValueError("`model_types` must name at least one of hd, dc")
-    _check_files(root, model_types, clip_dir)
-    device, dtype = resolve_device_dtype(device, dtype)
-    shared = load_shared_components(root, device, dtype, clip_dir=clip_dir)
-    pipelines: dict[str, OOTDiffusionPipeline] = {}
-    for model_type in model_types:
-        unet_garm, unet_vton = load_unets(root, model_type, device, dtype)
-        pipelines[model_type] = OOTDiffusionPipeline(
-            vae=shared.vae,
-            text_encoder=shared.text_encoder,
-            tokenizer=shared.tokenizer,
-            image_encoder=shared.image_encoder,
-            image_processor=shared.image_processor,
-            unet_garm=unet_garm,
-            unet_vton=unet_vton,
-            scheduler=build_scheduler(shared.scheduler_config),
-            model_type=model_type,
-        )
-        pipelines[model_type].garment_cache = garment_cache
-    return pipelines
+        return OOTDiffusionPipelineOutput(images=images, decoded_in_float32=decoded_in_float32)

@@ -4,9 +4,9 @@ Importing the package is cheap: the errors load eagerly (the worker maps them to
 everything that pulls in OpenCV, onnxruntime or torch loads on first attribute access.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from core.lazy import lazy_names
 from preprocess.errors import NoGarmentRegionError, NoPersonDetectedError, NoWornGarmentError, PreprocessError
 
 if TYPE_CHECKING:
@@ -33,10 +33,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import the heavy parts only when they are first used."""
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'preprocess' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

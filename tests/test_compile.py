@@ -5,9 +5,13 @@ eager pipeline's images up to the rounding of channels-last convolutions."""
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
+from core.generation import DEFAULT_GUIDANCE, diffusion_shapes
+from core.vocabulary import Size
 from ootd import load_pipelines
-from ootd.compile import compile_pipeline
+from ootd.compile import RECOMPILE_LIMIT, compile_pipeline, recompile_limit
+from ootd.garment_cache import GarmentCache
 from worker.config import Settings
 
 
@@ -44,3 +48,61 @@ def test_the_compiled_try_on_unet_traces_and_matches_eager(tiny_ootd_root) -> No
     assert pipe.unet_vton.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(compiled, eager, atol=2e-3)
     assert compiled.tobytes() == again.tobytes()
+
+
+def test_the_limit_holds_every_published_shape_of_both_model_types() -> None:
+    assert RECOMPILE_LIMIT == 2 * 3 * 4 * 2  # model types x resolutions x samples x guidance on/off
+    assert recompile_limit(["256x192"]) == 2 * 4 * 4 * 2
+
+
+def test_one_graph_per_allowed_shape_none_on_a_repeat_and_no_graph_break(tiny_ootd_root, monkeypatch) -> None:
+    """Each shape a request allows traces one graph of each model type's try-on UNet on its first
+    job and none after, whether the garment is encoded or its features come from the garment
+    cache; the recompile limit `compile_pipeline` sets holds them all (past it, dynamo would run
+    shapes eager without a word). The allowed shapes are cut down to one small size, 1-2 samples
+    and guidance on, so that the test traces 4 graphs, not 48."""
+    from test_ootd_pipeline import make_images
+
+    monkeypatch.setattr("core.generation.RESOLUTIONS", {"128x64": Size(64, 128)})
+    monkeypatch.setattr("core.generation.SAMPLES_RANGE", (1, 2))
+    monkeypatch.setattr("core.generation.GUIDANCE_RANGE", (DEFAULT_GUIDANCE, DEFAULT_GUIDANCE))
+    shapes = diffusion_shapes()
+    assert len(shapes) == 2
+    pipes = load_pipelines(tiny_ootd_root)
+    cache = GarmentCache()  # the second round takes the garment's features from it
+    garment_passes = []
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
+        pipe.garment_cache = cache
+        pipe.unet_garm.register_forward_pre_hook(lambda module, args: garment_passes.append(args[0].shape))
+    person, garment, mask = make_images()
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        with torch._dynamo.config.patch(recompile_limit=1):
+            for pipe in pipes.values():
+                compile_pipeline(pipe, backend=counting_backend)
+            for first_round in (True, False):
+                for (width, height), samples, guided in shapes:
+                    for model_type, pipe in pipes.items():
+                        before = len(graphs)
+                        # 2 steps: the second one's latents come out of the repaint, not the noise.
+                        pipe(
+                            person, garment, mask, num_inference_steps=2, num_images_per_prompt=samples,
+                            image_guidance_scale=DEFAULT_GUIDANCE if guided else 1.0, generator=0,
+                            height=height, width=width, output_type="latent",
+                        )  # fmt: skip
+                        new = len(graphs) - before
+                        assert new == (1 if first_round else 0), (first_round, model_type, samples, guided)
+        breaks = dict(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
+    assert breaks == {}
+    assert len(graphs) == len(pipes) * len(shapes)
+    assert len(garment_passes) == len(pipes)  # one per model type: every later job hit the cache

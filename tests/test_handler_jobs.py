@@ -390,16 +390,20 @@ def test_a_garment_host_that_drips_fails_the_job_at_its_deadline(
     assert_ok(run(good_input(garment_uri, garment=files.add("/next-shirt.png", GARMENT_PNG.read_bytes()))))
 
 
-def test_progress_every_few_steps_but_not_on_the_last(worker_env, garment_uri) -> None:
+def test_progress_every_few_steps_but_not_on_the_last(worker_env, garment_uri, capfd) -> None:
     settings = replace(Settings.from_env(), progress_every=2)
     assert Settings().progress_every == 5  # the deployed default
     updates: list[dict] = []
     job = {"id": "progress", "input": good_input(garment_uri, steps=5)}
-    assert_ok(handle(job, get_runtime(settings), settings, progress=updates.append))
+    runtime = get_runtime(settings)
+    capfd.readouterr()
+    assert_ok(handle(job, runtime, settings, progress=updates.append))
     assert updates == [
         {"stage": "diffusion", "step": 2, "steps": 5},
         {"stage": "diffusion", "step": 4, "steps": 5},
     ]
+    # Progress goes to RunPod only: no tqdm bar in the worker's log.
+    assert not re.search(r"\d/5 \[", capfd.readouterr().err)
 
 
 def test_out_of_memory_frees_memory_asks_for_refresh_and_the_worker_goes_on(worker_env, garment_uri) -> None:

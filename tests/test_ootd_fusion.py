@@ -17,7 +17,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from ootd import load_pipelines
 from ootd.fusion import GarmentFusedAttnProcessor, GarmentFusion, transformer_block_names
-from ootd.pipeline import load_unets
+from ootd.loading import load_unets
 
 EXPECTED_BLOCKS = [
     f"{prefix}.transformer_blocks.0"
@@ -113,11 +113,12 @@ def test_sixteen_blocks_in_execution_order(pipe):
     assert not any(isinstance(p, GarmentFusedAttnProcessor) for p in pipe.unet_garm.attn_processors.values())
 
 
-def test_recorded_features_are_the_block_inputs_before_norm1(pipe, inputs):
+def test_recorded_features_are_the_block_inputs_before_norm1_and_give_the_try_on_kv(pipe, inputs):
     garment_batch, prompt, _ = inputs
-    pipe.fusion.encode_garment(garment_batch, torch.cat([prompt] * 2))
+    features = pipe.fusion.encode_garment(garment_batch, torch.cat([prompt] * 2))
     try:
-        features = dict(pipe.fusion.store.features)
+        kv = dict(pipe.fusion.store.kv)
+        assert pipe.fusion.store.features == {}  # given back, not kept: the try-on reads only the K/V
     finally:
         pipe.fusion.clear()
     expected = record_garment_inputs(pipe.unet_garm, garment_batch, prompt)
@@ -126,6 +127,12 @@ def test_recorded_features_are_the_block_inputs_before_norm1(pipe, inputs):
         assert torch.equal(features[name], expected[name]), name
         assert features[name].shape[0] == 2
         assert not torch.allclose(features[name][0], features[name][1])  # garment vs zero garment
+        # What each try-on block attends to: its own norm1 and K/V projections of those tokens.
+        block = dict(pipe.unet_vton.named_modules())[name]
+        with torch.inference_mode():
+            normed = block.norm1(expected[name])
+            assert torch.equal(kv[name][0], block.attn1.to_k(normed)), name
+            assert torch.equal(kv[name][1], block.attn1.to_v(normed)), name
 
     # Independently of any hook: the first block's input is the Transformer2DModel's GroupNorm +
     # 1x1 proj_in output of its input, flattened row-major to tokens.

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
 from ootd import OOTDiffusionPipeline, layout
-from ootd.pipeline import CLIP_TEXT_TOWER_PREFIXES, build_scheduler, load_unets
+from ootd.loading import CLIP_TEXT_TOWER_PREFIXES, load_unets
+from ootd.pipeline import build_scheduler
 
 PUBLISHED_20_STEP_TIMESTEPS = [
     999,

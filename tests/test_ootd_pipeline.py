@@ -177,7 +177,7 @@ def test_garment_unet_runs_once_per_request_and_features_are_dropped_after(pipes
         for hook in hooks:
             hook.remove()
     assert calls == {"garm": 1, "vton": 3}
-    assert pipe.fusion.store.features == {} and pipe.fusion.store.kv_cache == {}
+    assert pipe.fusion.store.features == {} and pipe.fusion.store.kv == {}
 
 
 # --------------------------------------------------------------------------------------- repaint

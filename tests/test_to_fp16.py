@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import handler
 from builder.to_fp16 import convert_tree, main, parts, safetensors_dtypes
 from ootd import layout
-from ootd.pipeline import load_shared_components, load_unets
+from ootd.loading import load_shared_components, load_unets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GARMENT_PNG = REPO_ROOT / "assets" / "garments" / "0_tshirt.png"

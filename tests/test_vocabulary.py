@@ -7,6 +7,14 @@ import itertools
 import pytest
 from PIL import Image
 
+from core.generation import (
+    GUIDANCE_RANGE,
+    RESOLUTIONS,
+    SAMPLES_RANGE,
+    DiffusionShape,
+    diffusion_shapes,
+    is_guided,
+)
 from core.images import BLACK, WHITE, flatten, has_alpha
 from core.jsontypes import json_type
 from core.vocabulary import (
@@ -25,7 +33,7 @@ from core.vocabulary import (
     unsupported,
 )
 from worker.errors import InputError
-from worker.schema import RESOLUTIONS, parse_request
+from worker.schema import parse_request
 
 GARMENT = "https://example.com/g.png"
 
@@ -84,6 +92,20 @@ def test_sizes_are_written_height_first_and_held_width_first() -> None:
     for bad in ("768", "axb", "1024x768x3", ""):
         with pytest.raises(ValueError, match="HxW"):
             parse_size(bad)
+
+
+def test_the_request_shapes_come_from_the_allowed_sizes_samples_and_guidance(monkeypatch) -> None:
+    shapes = diffusion_shapes()
+    assert len(shapes) == len(set(shapes)) == 3 * 4 * 2  # 3 sizes x 1..4 samples x guidance on/off
+    assert DiffusionShape(Size(384, 512), 4, True) in shapes
+    assert {shape.samples for shape in shapes} == set(range(SAMPLES_RANGE[0], SAMPLES_RANGE[1] + 1))
+    # An operator's extra size adds its shapes; a published one given again adds none.
+    assert len(diffusion_shapes(["256x192", "1024x768"])) == 4 * 4 * 2
+    # Guidance on/off both count only while the range holds a scale of each kind.
+    assert not is_guided(GUIDANCE_RANGE[0]) and is_guided(GUIDANCE_RANGE[1])
+    monkeypatch.setattr("core.generation.GUIDANCE_RANGE", (1.5, 5.0))
+    assert {shape.guided for shape in diffusion_shapes()} == {True}
+    assert len(diffusion_shapes()) == 3 * 4
 
 
 def test_one_model_type_parser() -> None:

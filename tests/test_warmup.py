@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from core.generation import smallest_resolution
 from worker.config import Settings
 from worker.runtime import get_runtime
-from worker.warmup import WARMUP_STEPS, smallest_resolution, warm_up
+from worker.warmup import WARMUP_STEPS, warm_up
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,8 +2,9 @@
 
 import pytest
 
+from core.generation import RESOLUTIONS
 from worker.errors import InputError
-from worker.schema import FIELDS, RESOLUTIONS, parse_request
+from worker.schema import FIELDS, parse_request
 
 GARMENT = "https://example.com/garment.png"
 

@@ -25,6 +25,7 @@ import runpod
 import torch
 from PIL import Image
 
+from core.generation import DEFAULT_RESOLUTION, RESOLUTIONS
 from core.images import WHITE
 from core.vocabulary import (
     AUTO,
@@ -35,6 +36,7 @@ from core.vocabulary import (
     category_name,
     unsupported,
 )
+from ootd.errors import NonFiniteOutputError
 from preprocess import PreprocessError, PreprocessResult
 from preprocess.images import load_mask, load_rgb
 from storage import OutputFile, store_outputs
@@ -60,7 +62,7 @@ from worker.images import (
     read_images,
 )
 from worker.runtime import Runtime, house_model_photos
-from worker.schema import FIELDS, RESOLUTIONS, TryOnRequest, parse_request
+from worker.schema import FIELDS, TryOnRequest, parse_request
 
 if TYPE_CHECKING:
     from ootd.classify import CategoryGuess
@@ -343,7 +345,7 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
     at the default fit and resolution (what a job that names only `person_index` gets), so that
     no job pays for them. Returns how many were computed; a photo where no person is found is
     logged and skipped (its jobs will fail with the same sentence)."""
-    fit, resolution = FIELDS["fit"], FIELDS["resolution"]
+    fit, resolution = FIELDS["fit"], DEFAULT_RESOLUTION
     computed = 0
     for path in house_model_photos(settings.model_images_dir):
         data = path.read_bytes()
@@ -444,7 +446,7 @@ def _diffuse(
         return callback_kwargs
 
     width, height = request.size
-    with torch.inference_mode():
+    with torch.inference_mode(), _non_finite_as_job_error():
         return runtime.pipelines[request.model_type](
             person,
             garment,
@@ -460,6 +462,19 @@ def _diffuse(
             callback_on_step_end=on_step_end,
             garment_image_embeds=garment_image_embeds,
         ).images
+
+
+@contextmanager
+def _non_finite_as_job_error() -> Iterator[None]:
+    """A NaN or infinite result (the pipeline retried the decode in float32 already) ends the job
+    with a sentence; the GPU is fine, so the worker stays."""
+    try:
+        yield
+    except NonFiniteOutputError as error:
+        raise JobError(
+            f"the try-on produced no usable image: {error}; "
+            "send the job again with another seed or a lower guidance_scale"
+        ) from None
 
 
 def runpod_progress(job: Mapping[str, Any]) -> ProgressSink:

@@ -67,11 +67,15 @@ def load_runtime(settings: Settings) -> Runtime:
         clip_dir=sources.clip.folder,
         garment_cache=garment_cache,
     )
+    for pipeline in pipelines.values():
+        # Progress goes to RunPod's progress_update (worker.job); a tqdm bar would only fill the log.
+        pipeline.set_progress_bar_config(disable=True)
     if settings.compile:
         from ootd.compile import compile_pipeline
 
         for pipeline in pipelines.values():
-            compile_pipeline(pipeline)  # compiles lazily: the warm-up (or first job) pays
+            # Compiles lazily: the warm-up (or a shape's first job) pays.
+            compile_pipeline(pipeline, extra_resolutions=settings.extra_resolutions)
     preprocessor = Preprocessor.from_checkpoints(
         sources.preprocessing.folder, threads=container_cpus(), parsing_device=settings.parsing_device
     )

@@ -15,6 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.generation import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_RESOLUTION,
+    DEFAULT_SAMPLES,
+    DEFAULT_STEPS,
+    GUIDANCE_RANGE,
+    RESOLUTIONS,
+    SAMPLES_RANGE,
+    STEPS_RANGE,
+)
 from core.vocabulary import (
     AUTO,
     CATEGORIES,
@@ -29,13 +39,9 @@ from core.vocabulary import (
 )
 from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, describe, join_capped, quote
 
-RESOLUTIONS: dict[str, Size] = {name: parse_size(name) for name in ("1024x768", "768x576", "512x384")}
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 FITS = ("pad", "stretch")
 
-STEPS_RANGE = (1, 50)
-SAMPLES_RANGE = (1, 4)
-GUIDANCE_RANGE = (1.0, 5.0)
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_BOUND = 2**32
 
@@ -47,13 +53,13 @@ FIELDS: dict[str, Any] = {
     "mask": None,
     "model_type": "hd",
     "category": "upper_body",
-    "steps": 20,
-    "samples": 1,
+    "steps": DEFAULT_STEPS,
+    "samples": DEFAULT_SAMPLES,
     "seed": None,
-    "guidance_scale": 2.0,
+    "guidance_scale": DEFAULT_GUIDANCE,
     "output_format": "png",
     "return_mask": False,
-    "resolution": "1024x768",
+    "resolution": DEFAULT_RESOLUTION,
     "fit": "pad",
     "garment_photo_type": "flat",
 }
@@ -101,13 +107,13 @@ class TryOnRequest:
     mask: ImageRef | None = None
     model_type: str = "hd"
     category: str = "upper_body"
-    steps: int = 20
-    samples: int = 1
+    steps: int = DEFAULT_STEPS
+    samples: int = DEFAULT_SAMPLES
     seed: int = 0
-    guidance_scale: float = 2.0
+    guidance_scale: float = DEFAULT_GUIDANCE
     output_format: str = "png"
     return_mask: bool = False
-    resolution: str = "1024x768"
+    resolution: str = DEFAULT_RESOLUTION
     fit: str = "pad"
     garment_photo_type: str = "flat"
 

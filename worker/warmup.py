@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, ImageDraw
 
+from core.generation import DEFAULT_GUIDANCE, smallest_resolution
 from core.vocabulary import CATEGORIES, MODEL_CATEGORIES, PUBLISHED_NAMES
 from preprocess.errors import PreprocessError
 from preprocess.parsing import PARSE_SIZE
-from worker.schema import FIELDS, RESOLUTIONS
 
 if TYPE_CHECKING:
     from ootd.pipeline import OOTDiffusionPipeline
@@ -38,11 +38,6 @@ WARMUP_CATEGORY = next(
     PUBLISHED_NAMES[name] for name in CATEGORIES if all(name in names for names in MODEL_CATEGORIES.values())
 )
 """The one category both model types accept (published name: the pipeline's argument)."""
-
-
-def smallest_resolution() -> tuple[int, int]:
-    """(width, height) of the smallest published output resolution (512x384 today)."""
-    return min(RESOLUTIONS.values(), key=lambda size: size[0] * size[1])
 
 
 def warm_up(pipelines: Mapping[str, OOTDiffusionPipeline], preprocessor: Preprocessor | None) -> float:
@@ -88,7 +83,7 @@ def _run(
         mask,
         category=WARMUP_CATEGORY,
         num_inference_steps=WARMUP_STEPS,
-        image_guidance_scale=FIELDS["guidance_scale"],
+        image_guidance_scale=DEFAULT_GUIDANCE,
         num_images_per_prompt=1,
         generator=WARMUP_SEED,
         height=height,
