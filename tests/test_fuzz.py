@@ -24,7 +24,7 @@ import os
 import string
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -195,6 +195,10 @@ def schema_inputs(draw) -> object:
 
 COSTLY_DEFAULTS = {"steps", "nSteps", "resolution"}
 VALID_JOB = {"person_index": 0, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "steps": 1, "seed": 7}
+STATE_JOB = {**VALID_JOB, "garment": data_uri(image_bytes((48, 64), "PNG", seed=3)), "steps": 2}
+"""The job whose answer must not change while others run: another garment than the fuzzed jobs'
+(whose conditioning, left behind, would show) and 2 steps (after 1 Karras UniPC step the image
+is the starting noise whatever the UNet computed, so a leaked garment could not show)."""
 ALIASED_JOB = {"modelSelection": 1, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "nSteps": 1}
 REFUSED_URL_JOB = {**VALID_JOB, "garment": f"http://{REFUSED_HOSTS[0]}/garment.png"}
 
@@ -237,30 +241,43 @@ def assert_one_sentence(message: object) -> None:
     assert "Traceback" not in message
 
 
-@FUZZ
-@given(raw=schema_inputs(), person_count=st.sampled_from([None, 0, 1, 3]), loaded=st.sampled_from(
-    [MODEL_TYPES, MODEL_TYPES[:1]]))  # fmt: skip
-@example(raw={"category": "x" * 12_000_000, "person_index": 0, "garment": "aGVsbG8="}, person_count=1,
-         loaded=MODEL_TYPES)  # the issue's 12-million-character value  # fmt: skip
-def test_schema_answers_a_request_or_one_bounded_sentence(raw, person_count, loaded) -> None:
-    try:
-        request = parse_request(
-            raw, person_count=person_count, loaded_model_types=loaded, extra_resolutions=(TINY_RESOLUTION,)
-        )
-    except InputError as error:
-        message = str(error)
-        assert_one_sentence(message)
-        # Quoting at the source keeps sentences short: JobError's last-resort cut is never needed.
-        assert not message.endswith("(message shortened)"), message
-        return
-    assert isinstance(request, TryOnRequest)
-    assert STEPS_RANGE[0] <= request.steps <= STEPS_RANGE[1]
-    assert SAMPLES_RANGE[0] <= request.samples <= SAMPLES_RANGE[1]
-    assert GUIDANCE_RANGE[0] <= request.guidance_scale <= GUIDANCE_RANGE[1]
-    assert 0 <= request.seed <= MAX_SEED
-    # "auto" stays undecided only until the category is detected, in the job.
-    assert request.model_type in loaded or (request.model_type, request.category) == ("auto", "auto")
-    assert (request.person is None) != (request.person_index is None)
+def test_schema_answers_a_request_or_one_bounded_sentence() -> None:
+    outcomes = {"request": 0, "error": 0}
+
+    @FUZZ
+    @given(raw=schema_inputs(), person_count=st.sampled_from([None, 0, 1, 3]), loaded=st.sampled_from(
+        [MODEL_TYPES, MODEL_TYPES[:1]]))  # fmt: skip
+    @example(raw={"category": "x" * 12_000_000, "person_index": 0, "garment": "aGVsbG8="}, person_count=1,
+             loaded=MODEL_TYPES)  # the issue's 12-million-character value  # fmt: skip
+    @example(raw=VALID_JOB, person_count=1, loaded=MODEL_TYPES)  # both kinds of answer on every run
+    def fuzz(raw, person_count, loaded) -> None:
+        try:
+            request = parse_request(
+                raw,
+                person_count=person_count,
+                loaded_model_types=loaded,
+                extra_resolutions=(TINY_RESOLUTION,),
+            )
+        except InputError as error:
+            message = str(error)
+            assert_one_sentence(message)
+            # Quoting at the source keeps sentences short: JobError's last-resort cut is never needed.
+            assert not message.endswith("(message shortened)"), message
+            outcomes["error"] += 1
+            return
+        assert isinstance(request, TryOnRequest)
+        assert STEPS_RANGE[0] <= request.steps <= STEPS_RANGE[1]
+        assert SAMPLES_RANGE[0] <= request.samples <= SAMPLES_RANGE[1]
+        assert GUIDANCE_RANGE[0] <= request.guidance_scale <= GUIDANCE_RANGE[1]
+        assert 0 <= request.seed <= MAX_SEED
+        # "auto" stays undecided only until the category is detected, in the job.
+        assert request.model_type in loaded or (request.model_type, request.category) == ("auto", "auto")
+        assert (request.person is None) != (request.person_index is None)
+        outcomes["request"] += 1
+
+    fuzz()
+    # A schema that refused everything (or nothing) would pass each example: count both answers.
+    assert outcomes["request"] and outcomes["error"], outcomes
 
 
 class NetworkUsed(AssertionError):
@@ -333,10 +350,23 @@ def run_job(job_input: object) -> dict:
     return handler.handler({"id": "fuzz", "input": job_input})
 
 
-def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> None:
-    before = run_job(VALID_JOB)
+def check_the_same_job_gives_the_same_bytes_around(other_jobs: Callable[[], object]) -> None:
+    """The worker keeps no state between jobs: `STATE_JOB` answers the same bytes before and
+    after `other_jobs()` ran other jobs on the same worker. AssertionError where it does not."""
+    before = run_job(STATE_JOB)
     assert "error" not in before, before["error"]
+    other_jobs()
+    after = run_job(STATE_JOB)
+    assert "error" not in after, after["error"]
+    assert after["seed"] == before["seed"] == STATE_JOB["seed"]
+    assert after["images"][0]["base64"] == before["images"][0]["base64"], (
+        "the job gave other bytes after other jobs ran"
+    )
+
+
+def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> None:
     outcomes = {"images": 0, "error": 0}
+    seen: list[tuple[str, tuple]] = []
 
     @HANDLER_FUZZ
     @given(job_input=handler_inputs())
@@ -356,8 +386,12 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
             assert result["images"] and all(entry.get("base64") for entry in result["images"])
             outcomes["images"] += 1
 
-    with NetworkWatch.watching() as seen:
-        fuzz()
+    def watched_fuzz() -> None:
+        with NetworkWatch.watching() as events:
+            fuzz()
+        seen.extend(events)
+
+    check_the_same_job_gives_the_same_bytes_around(watched_fuzz)
     # Only the refused literal addresses were looked up (no DNS query leaves the machine), and
     # nothing was connected to.
     assert any(event == "socket.getaddrinfo" for event, _ in seen)  # the watch saw the guard's lookups
@@ -365,6 +399,49 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
     assert all(_resolved_locally(args[0]) for _, args in seen), seen
     assert outcomes["images"] and outcomes["error"], outcomes
 
-    after = run_job(VALID_JOB)
-    assert after["images"][0]["base64"] == before["images"][0]["base64"]
-    assert after["seed"] == before["seed"] == VALID_JOB["seed"]
+
+@contextmanager
+def leaking_fusion_store(runtime) -> Iterator[None]:
+    """A broken worker, for the mutation test below: each request conditions on the garment
+    features the request before it left in its pipeline's fusion store (a store that is not
+    refilled), patched in through the fusion's public methods. Drops what it cached on exit."""
+    fusions = [pipe.fusion for pipe in runtime.pipelines.values()]
+    for fusion in fusions:
+        left: list[dict] = []
+
+        def leak(features, use=fusion.use_features, left=left) -> None:
+            if left:
+                use(left.pop())
+            left.append(features)
+
+        def encode_garment(*args, fusion=fusion, real=fusion.encode_garment, leak=leak, **kwargs) -> None:
+            real(*args, **kwargs)
+            leak(fusion.recorded_features())
+
+        def use_features(features, real=fusion.use_features, leak=leak) -> None:
+            real(features)
+            leak(features)
+
+        fusion.encode_garment, fusion.use_features = encode_garment, use_features
+    try:
+        yield
+    finally:
+        for fusion in fusions:
+            del fusion.encode_garment, fusion.use_features
+        runtime.garment_cache.clear()  # entries filled with the wrong garment's features
+
+
+def test_the_state_check_fails_on_a_leaked_fusion_store(fuzz_env) -> None:
+    """Mutation: with garment features left over from the previous job, a job the fuzzing
+    always runs (another garment and person) changes the state job's bytes."""
+    from worker.config import Settings
+    from worker.runtime import get_runtime
+
+    def another_garments_job() -> None:
+        assert "images" in run_job(ALIASED_JOB)
+
+    with (
+        leaking_fusion_store(get_runtime(Settings.from_env())),
+        pytest.raises(AssertionError, match="the job gave other bytes after other jobs ran"),
+    ):
+        check_the_same_job_gives_the_same_bytes_around(another_garments_job)
