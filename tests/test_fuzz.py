@@ -184,15 +184,6 @@ def field_value(name: str, *, cheap: bool = False) -> st.SearchStrategy:
     return near_valid(ALIASES.get(name, name), cheap=cheap) | json_values
 
 
-@st.composite
-def schema_inputs(draw) -> object:
-    """Any JSON-like input: usually an object of known, aliased and unknown names."""
-    if draw(st.integers(0, 9)) == 0:
-        return draw(json_values)  # not an object at all (or an arbitrary one)
-    names = draw(st.lists(st.sampled_from(NAMES) | unknown_names, max_size=len(NAMES) + 3, unique=True))
-    return {name: draw(field_value(name) if name in NAMES else json_values) for name in names}
-
-
 COSTLY_DEFAULTS = {"steps", "nSteps", "resolution"}
 VALID_JOB = {"person_index": 0, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "steps": 1, "seed": 7}
 STATE_JOB = {**VALID_JOB, "garment": data_uri(image_bytes((48, 64), "PNG", seed=3)), "steps": 2}
@@ -203,20 +194,15 @@ ALIASED_JOB = {"modelSelection": 1, "garment": PICTURE_URI, "resolution": TINY_R
 REFUSED_URL_JOB = {**VALID_JOB, "garment": f"http://{REFUSED_HOSTS[0]}/garment.png"}
 
 
-@st.composite
-def handler_inputs(draw) -> dict:
-    """A valid tiny job changed by a few edits: a field set, dropped, renamed to its alias or an
-    unknown one added. Values that reach the model stay tiny (1-2 steps, 1 sample, 256x192)."""
-    job = dict(VALID_JOB)
-    if draw(st.sampled_from(range(12))) != 7:
-        # Most jobs carry a picture that fails after validation (refused URL, not an image...):
-        # the fetch and decode errors get explored without running the model each time.
-        job["garment"] = draw(broken_images)
+def edit_job(draw, job: dict, *, cheap: bool) -> dict:
+    """`job` changed by a few edits: a field set, dropped, renamed to its alias or an unknown one
+    added. `cheap`: values that pass stay tiny (see `near_valid`)."""
+    job = dict(job)
     for _ in range(draw(st.integers(0, 4))):
         edit = draw(st.sampled_from(["set", "set", "drop", "alias", "unknown"]))
         if edit == "set":
             name = draw(st.sampled_from(NAMES))
-            job[name] = draw(near_valid(ALIASES.get(name, name), cheap=True) | json_values)
+            job[name] = draw(near_valid(ALIASES.get(name, name), cheap=cheap) | json_values)
         elif edit == "drop" and set(job) - COSTLY_DEFAULTS:
             # Never fall back to the published defaults (20 steps at 1024x768: half a minute on CPU).
             job.pop(draw(st.sampled_from(sorted(set(job) - COSTLY_DEFAULTS))))
@@ -227,6 +213,31 @@ def handler_inputs(draw) -> dict:
         elif edit == "unknown":
             job[draw(unknown_names)] = draw(json_values)
     return job
+
+
+@st.composite
+def schema_inputs(draw) -> object:
+    """Any JSON-like input: usually an object of known, aliased and unknown names, often a valid
+    job with a few edits (random objects are almost never valid: the valid side needs these)."""
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(json_values)  # not an object at all (or an arbitrary one)
+    if kind <= 4:
+        return edit_job(draw, VALID_JOB, cheap=False)
+    names = draw(st.lists(st.sampled_from(NAMES) | unknown_names, max_size=len(NAMES) + 3, unique=True))
+    return {name: draw(field_value(name) if name in NAMES else json_values) for name in names}
+
+
+@st.composite
+def handler_inputs(draw) -> dict:
+    """A valid tiny job changed by a few edits (`edit_job`). Values that reach the model stay
+    tiny (1-2 steps, 1 sample, 256x192)."""
+    job = dict(VALID_JOB)
+    if draw(st.sampled_from(range(12))) != 7:
+        # Most jobs carry a picture that fails after validation (refused URL, not an image...):
+        # the fetch and decode errors get explored without running the model each time.
+        job["garment"] = draw(broken_images)
+    return edit_job(draw, job, cheap=True)
 
 
 # ---------------------------------------------------------------------------------------------
