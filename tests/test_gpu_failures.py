@@ -4,8 +4,8 @@ Without a GPU the failures are raised where CUDA would raise them: forward pre-h
 torch modules (pose network, CLIP image and text encoders, both UNets, the VAE's encoder and
 decoder) and, for parsing, an exception of onnxruntime's own types raised where each real
 session runs. A GPU failure ends the job with one sentence and `refresh_worker`; the next job
-in the same process is served; any other exception is still a bug and is raised. The real
-out-of-memory path is measured by the GPU benchmark.
+in the same process is served, with the bytes it got before the failures; any other exception
+is still a bug and is raised. The real out-of-memory path is measured by the GPU benchmark.
 """
 
 from collections.abc import Callable, Iterator
@@ -15,7 +15,7 @@ from pathlib import Path
 import onnxruntime.capi.onnxruntime_pybind11_state as ort_errors
 import pytest
 import torch
-from worker_support import data_uri
+from worker_support import data_uri, image_bytes
 
 from worker.config import Settings
 from worker.gpu_errors import MAX_DETAIL, GpuFailure, classify_gpu_failure, failure_detail
@@ -136,23 +136,28 @@ PARSING_CASES = [
 def test_a_gpu_failure_in_any_stage_asks_for_a_new_worker_and_the_next_job_is_served(
     runtime, settings, job, subtests
 ) -> None:
-    # One process, one failure after another (each stage's own kind of error), then a good job.
+    # One process, one failure after another (each stage's own kind of error, on another
+    # garment), then a good job that gives the bytes it gave before them: nothing a failed job
+    # left behind (its garment's conditioning, say) is used (2 steps, no caches).
+    reference = run(job, runtime, settings)
+    assert "error" not in reference, reference
+    failing = {**job, "input": {**job["input"], "garment": data_uri(image_bytes((96, 128), seed=2))}}
     for stage, error, message in TORCH_CASES:
         with subtests.test(stage=stage, error=type(error).__name__):
             with failing_module(TORCH_STAGES[stage](runtime), error):
-                result = run(job, runtime, settings)
+                result = run(failing, runtime, settings)
             expected = message if message == OOM_ERROR else message + RESTART
             assert result == {"error": expected, "refresh_worker": True}
     for session, error, message in PARSING_CASES:
         with subtests.test(stage=session, error=type(error).__name__):
             assert not isinstance(error, RuntimeError)  # why parsing needs its own classification
             with failing_session(runtime, session, error):
-                result = run(job, runtime, settings)
+                result = run(failing, runtime, settings)
             expected = message if message == OOM_ERROR else message + RESTART
             assert result == {"error": expected, "refresh_worker": True}
     result = run(job, runtime, settings)
     assert "error" not in result, result
-    assert len(result["images"]) == 1
+    assert result["images"] == reference["images"]
 
 
 def test_any_other_exception_in_a_gpu_stage_is_still_raised(runtime, settings, job, subtests) -> None:
