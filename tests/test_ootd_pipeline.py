@@ -403,7 +403,7 @@ def test_the_default_768x1024_frame_from_half_size_inputs_keeps_the_person_outsi
     check_one_step_keeps_the_person_and_the_starting_noise(pipe, images, 0, latents, (768, 1024))
 
 
-def test_the_one_step_check_fails_on_a_moved_mask_or_a_final_sigma_of_zero(pipes, monkeypatch):
+def test_the_one_step_check_fails_on_an_inverted_mask_or_a_final_sigma_of_zero(pipes, monkeypatch):
     """Mutations of the system under the check above, at 128x192: the pipeline repaints the
     outside of the mask instead of the inside; the scheduler ends on sigma 0 (diffusers' newer
     default), so one step moves the noise."""
