@@ -31,6 +31,7 @@ from typing import ClassVar
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from mutations import leaking_fusion_store
 from worker_support import ALLOW_PRIVATE_URLS, data_uri, image_bytes
 
 import handler
@@ -409,37 +410,6 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
     assert not [args for event, args in seen if event != "socket.getaddrinfo"], seen
     assert all(_resolved_locally(args[0]) for _, args in seen), seen
     assert outcomes["images"] and outcomes["error"], outcomes
-
-
-@contextmanager
-def leaking_fusion_store(runtime) -> Iterator[None]:
-    """A broken worker, for the mutation test below: each request conditions on the garment
-    features the request before it left in its pipeline's fusion store (a store that is not
-    refilled), patched in through the fusion's public methods. Drops what it cached on exit."""
-    fusions = [pipe.fusion for pipe in runtime.pipelines.values()]
-    for fusion in fusions:
-        left: list[dict] = []
-
-        def leak(features, use=fusion.use_features, left=left) -> None:
-            if left:
-                use(left.pop())
-            left.append(features)
-
-        def encode_garment(*args, fusion=fusion, real=fusion.encode_garment, leak=leak, **kwargs) -> None:
-            real(*args, **kwargs)
-            leak(fusion.recorded_features())
-
-        def use_features(features, real=fusion.use_features, leak=leak) -> None:
-            real(features)
-            leak(features)
-
-        fusion.encode_garment, fusion.use_features = encode_garment, use_features
-    try:
-        yield
-    finally:
-        for fusion in fusions:
-            del fusion.encode_garment, fusion.use_features
-        runtime.garment_cache.clear()  # entries filled with the wrong garment's features
 
 
 def test_the_state_check_fails_on_a_leaked_fusion_store(fuzz_env) -> None:

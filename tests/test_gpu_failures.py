@@ -15,6 +15,7 @@ from pathlib import Path
 import onnxruntime.capi.onnxruntime_pybind11_state as ort_errors
 import pytest
 import torch
+from mutations import leaking_fusion_store
 from worker_support import data_uri, image_bytes
 
 from worker.config import Settings
@@ -133,31 +134,50 @@ PARSING_CASES = [
 ]  # fmt: skip
 
 
+@contextmanager
+def nothing_failed_is_used(job: dict, runtime: Runtime, settings: Settings) -> Iterator[dict]:
+    """`job` gives the same bytes after the block as before it: nothing the jobs that failed
+    inside left behind (their garment's conditioning, say) is used (2 steps, no caches). Yields
+    `job` with another garment, for the failing jobs. AssertionError where this fails."""
+    reference = run(job, runtime, settings)
+    assert "error" not in reference, reference
+    yield {**job, "input": {**job["input"], "garment": data_uri(image_bytes((96, 128), seed=2))}}
+    result = run(job, runtime, settings)
+    assert "error" not in result, result
+    assert result["images"] == reference["images"], "the job gave other bytes after the failures"
+
+
 def test_a_gpu_failure_in_any_stage_asks_for_a_new_worker_and_the_next_job_is_served(
     runtime, settings, job, subtests
 ) -> None:
-    # One process, one failure after another (each stage's own kind of error, on another
-    # garment), then a good job that gives the bytes it gave before them: nothing a failed job
-    # left behind (its garment's conditioning, say) is used (2 steps, no caches).
-    reference = run(job, runtime, settings)
-    assert "error" not in reference, reference
-    failing = {**job, "input": {**job["input"], "garment": data_uri(image_bytes((96, 128), seed=2))}}
-    for stage, error, message in TORCH_CASES:
-        with subtests.test(stage=stage, error=type(error).__name__):
-            with failing_module(TORCH_STAGES[stage](runtime), error):
-                result = run(failing, runtime, settings)
-            expected = message if message == OOM_ERROR else message + RESTART
-            assert result == {"error": expected, "refresh_worker": True}
-    for session, error, message in PARSING_CASES:
-        with subtests.test(stage=session, error=type(error).__name__):
-            assert not isinstance(error, RuntimeError)  # why parsing needs its own classification
-            with failing_session(runtime, session, error):
-                result = run(failing, runtime, settings)
-            expected = message if message == OOM_ERROR else message + RESTART
-            assert result == {"error": expected, "refresh_worker": True}
-    result = run(job, runtime, settings)
-    assert "error" not in result, result
-    assert result["images"] == reference["images"]
+    # One process, one failure after another (each stage's own kind of error), then a good job.
+    with nothing_failed_is_used(job, runtime, settings) as failing:
+        for stage, error, message in TORCH_CASES:
+            with subtests.test(stage=stage, error=type(error).__name__):
+                with failing_module(TORCH_STAGES[stage](runtime), error):
+                    result = run(failing, runtime, settings)
+                expected = message if message == OOM_ERROR else message + RESTART
+                assert result == {"error": expected, "refresh_worker": True}
+        for session, error, message in PARSING_CASES:
+            with subtests.test(stage=session, error=type(error).__name__):
+                assert not isinstance(error, RuntimeError)  # why parsing needs its own classification
+                with failing_session(runtime, session, error):
+                    result = run(failing, runtime, settings)
+                expected = message if message == OOM_ERROR else message + RESTART
+                assert result == {"error": expected, "refresh_worker": True}
+
+
+def test_the_check_fails_when_a_failed_jobs_garment_is_left_behind(runtime, settings, job) -> None:
+    """Mutation: each job conditions on the garment the job before it left behind, here the
+    one whose try-on UNet failed."""
+    stage, error, _ = next(case for case in TORCH_CASES if case[0] == "unet_vton")
+    with (
+        leaking_fusion_store(runtime),
+        pytest.raises(AssertionError, match="the job gave other bytes after the failures"),
+        nothing_failed_is_used(job, runtime, settings) as failing,
+        failing_module(TORCH_STAGES[stage](runtime), error),
+    ):
+        assert "error" in run(failing, runtime, settings)
 
 
 def test_any_other_exception_in_a_gpu_stage_is_still_raised(runtime, settings, job, subtests) -> None:
