@@ -93,25 +93,56 @@ def test_auto_on_the_tiny_tree_reports_the_category_and_scores(tiny_worker) -> N
     assert "classify" in result["timings"]
 
 
-def test_a_garment_nearest_lower_body_runs_dc_with_one_vision_pass(tiny_worker, garment_embeds) -> None:
+def check_auto_conditions_on_its_own_embedding(runtime, placed, settings) -> dict:
+    """`category: "auto"` passes the embedding it classified with on to the pipeline: its image
+    is the image of the same job with the category named, computed afresh. Both jobs run with
+    the garment cache off: with it, the named job would reuse the auto job's conditioning and
+    agree whatever embedding that was. One vision pass for the auto job (the classification's
+    embedding is reused). Returns the auto job's result; AssertionError where this fails."""
     from worker.job import handle
 
-    runtime, settings = tiny_worker
-    placed = replace(runtime, classifier=placed_classifier("lower_body", garment_embeds))
-    encoder = runtime.pipelines["dc"].image_encoder
+    uncached = replace(settings, garment_cache_mb=0)
     calls = []
+    encoder = runtime.pipelines["dc"].image_encoder  # shared by both model types
     hook = encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
-        result = handle(job(category="auto"), placed, settings)
+        auto = handle(job(category="auto"), placed, uncached)
     finally:
         hook.remove()
-    assert "error" not in result, result
+    assert "error" not in auto, auto
+    assert len(calls) == 1, "the job embedded the garment more than once"
+    named = handle(job(category=auto["category"], model_type=auto["model_type"]), runtime, uncached)
+    assert "error" not in named, named
+    assert named["images"] == auto["images"], "category 'auto' gave another image than the named category"
+    return auto
+
+
+def test_a_garment_nearest_lower_body_runs_dc_with_one_vision_pass(tiny_worker, garment_embeds) -> None:
+    runtime, settings = tiny_worker
+    placed = replace(runtime, classifier=placed_classifier("lower_body", garment_embeds))
+    result = check_auto_conditions_on_its_own_embedding(runtime, placed, settings)
     assert (result["category"], result["model_type"]) == ("lower_body", "dc")
     assert max(result["category_scores"], key=result["category_scores"].get) == "lower_body"
-    assert len(calls) == 1  # the classification reused the pipeline's garment embedding
-    # The same job with the category named gives the same image (same embedding, same seed).
-    named = handle(job(category="lower_body", model_type="dc"), runtime, settings)
-    assert named["images"] == result["images"]
+
+
+def test_the_auto_check_fails_when_the_classified_embedding_is_not_the_garments(
+    tiny_worker, garment_embeds
+) -> None:
+    """Mutation: the embedding the classification hands on is off by a factor (the category
+    stays: the classifier compares directions), so the auto job is conditioned on another
+    embedding than the named job computes for itself."""
+    runtime, settings = tiny_worker
+    placed = replace(runtime, classifier=placed_classifier("lower_body", garment_embeds))
+    for pipe in runtime.pipelines.values():
+        pipe.garment_image_embeds = lambda *args, real=pipe.garment_image_embeds, **kwargs: (
+            1.5 * real(*args, **kwargs)
+        )
+    try:
+        with pytest.raises(AssertionError, match="category 'auto' gave another image"):
+            check_auto_conditions_on_its_own_embedding(runtime, placed, settings)
+    finally:
+        for pipe in runtime.pipelines.values():
+            del pipe.garment_image_embeds
 
 
 def test_model_type_auto_follows_the_category(tiny_worker) -> None:

@@ -24,13 +24,14 @@ import os
 import string
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from mutations import leaking_fusion_store
 from worker_support import ALLOW_PRIVATE_URLS, data_uri, image_bytes
 
 import handler
@@ -184,35 +185,25 @@ def field_value(name: str, *, cheap: bool = False) -> st.SearchStrategy:
     return near_valid(ALIASES.get(name, name), cheap=cheap) | json_values
 
 
-@st.composite
-def schema_inputs(draw) -> object:
-    """Any JSON-like input: usually an object of known, aliased and unknown names."""
-    if draw(st.integers(0, 9)) == 0:
-        return draw(json_values)  # not an object at all (or an arbitrary one)
-    names = draw(st.lists(st.sampled_from(NAMES) | unknown_names, max_size=len(NAMES) + 3, unique=True))
-    return {name: draw(field_value(name) if name in NAMES else json_values) for name in names}
-
-
 COSTLY_DEFAULTS = {"steps", "nSteps", "resolution"}
 VALID_JOB = {"person_index": 0, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "steps": 1, "seed": 7}
+STATE_JOB = {**VALID_JOB, "garment": data_uri(image_bytes((48, 64), "PNG", seed=3)), "steps": 2}
+"""The job whose answer must not change while others run: another garment than the fuzzed jobs'
+(whose conditioning, left behind, would show) and 2 steps (after 1 Karras UniPC step the image
+is the starting noise whatever the UNet computed, so a leaked garment could not show)."""
 ALIASED_JOB = {"modelSelection": 1, "garment": PICTURE_URI, "resolution": TINY_RESOLUTION, "nSteps": 1}
 REFUSED_URL_JOB = {**VALID_JOB, "garment": f"http://{REFUSED_HOSTS[0]}/garment.png"}
 
 
-@st.composite
-def handler_inputs(draw) -> dict:
-    """A valid tiny job changed by a few edits: a field set, dropped, renamed to its alias or an
-    unknown one added. Values that reach the model stay tiny (1-2 steps, 1 sample, 256x192)."""
-    job = dict(VALID_JOB)
-    if draw(st.sampled_from(range(12))) != 7:
-        # Most jobs carry a picture that fails after validation (refused URL, not an image...):
-        # the fetch and decode errors get explored without running the model each time.
-        job["garment"] = draw(broken_images)
+def edit_job(draw, job: dict, *, cheap: bool) -> dict:
+    """`job` changed by a few edits: a field set, dropped, renamed to its alias or an unknown one
+    added. `cheap`: values that pass stay tiny (see `near_valid`)."""
+    job = dict(job)
     for _ in range(draw(st.integers(0, 4))):
         edit = draw(st.sampled_from(["set", "set", "drop", "alias", "unknown"]))
         if edit == "set":
             name = draw(st.sampled_from(NAMES))
-            job[name] = draw(near_valid(ALIASES.get(name, name), cheap=True) | json_values)
+            job[name] = draw(near_valid(ALIASES.get(name, name), cheap=cheap) | json_values)
         elif edit == "drop" and set(job) - COSTLY_DEFAULTS:
             # Never fall back to the published defaults (20 steps at 1024x768: half a minute on CPU).
             job.pop(draw(st.sampled_from(sorted(set(job) - COSTLY_DEFAULTS))))
@@ -223,6 +214,31 @@ def handler_inputs(draw) -> dict:
         elif edit == "unknown":
             job[draw(unknown_names)] = draw(json_values)
     return job
+
+
+@st.composite
+def schema_inputs(draw) -> object:
+    """Any JSON-like input: usually an object of known, aliased and unknown names, often a valid
+    job with a few edits (random objects are almost never valid: the valid side needs these)."""
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(json_values)  # not an object at all (or an arbitrary one)
+    if kind <= 4:
+        return edit_job(draw, VALID_JOB, cheap=False)
+    names = draw(st.lists(st.sampled_from(NAMES) | unknown_names, max_size=len(NAMES) + 3, unique=True))
+    return {name: draw(field_value(name) if name in NAMES else json_values) for name in names}
+
+
+@st.composite
+def handler_inputs(draw) -> dict:
+    """A valid tiny job changed by a few edits (`edit_job`). Values that reach the model stay
+    tiny (1-2 steps, 1 sample, 256x192)."""
+    job = dict(VALID_JOB)
+    if draw(st.sampled_from(range(12))) != 7:
+        # Most jobs carry a picture that fails after validation (refused URL, not an image...):
+        # the fetch and decode errors get explored without running the model each time.
+        job["garment"] = draw(broken_images)
+    return edit_job(draw, job, cheap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,30 +253,43 @@ def assert_one_sentence(message: object) -> None:
     assert "Traceback" not in message
 
 
-@FUZZ
-@given(raw=schema_inputs(), person_count=st.sampled_from([None, 0, 1, 3]), loaded=st.sampled_from(
-    [MODEL_TYPES, MODEL_TYPES[:1]]))  # fmt: skip
-@example(raw={"category": "x" * 12_000_000, "person_index": 0, "garment": "aGVsbG8="}, person_count=1,
-         loaded=MODEL_TYPES)  # the issue's 12-million-character value  # fmt: skip
-def test_schema_answers_a_request_or_one_bounded_sentence(raw, person_count, loaded) -> None:
-    try:
-        request = parse_request(
-            raw, person_count=person_count, loaded_model_types=loaded, extra_resolutions=(TINY_RESOLUTION,)
-        )
-    except InputError as error:
-        message = str(error)
-        assert_one_sentence(message)
-        # Quoting at the source keeps sentences short: JobError's last-resort cut is never needed.
-        assert not message.endswith("(message shortened)"), message
-        return
-    assert isinstance(request, TryOnRequest)
-    assert STEPS_RANGE[0] <= request.steps <= STEPS_RANGE[1]
-    assert SAMPLES_RANGE[0] <= request.samples <= SAMPLES_RANGE[1]
-    assert GUIDANCE_RANGE[0] <= request.guidance_scale <= GUIDANCE_RANGE[1]
-    assert 0 <= request.seed <= MAX_SEED
-    # "auto" stays undecided only until the category is detected, in the job.
-    assert request.model_type in loaded or (request.model_type, request.category) == ("auto", "auto")
-    assert (request.person is None) != (request.person_index is None)
+def test_schema_answers_a_request_or_one_bounded_sentence() -> None:
+    outcomes = {"request": 0, "error": 0}
+
+    @FUZZ
+    @given(raw=schema_inputs(), person_count=st.sampled_from([None, 0, 1, 3]), loaded=st.sampled_from(
+        [MODEL_TYPES, MODEL_TYPES[:1]]))  # fmt: skip
+    @example(raw={"category": "x" * 12_000_000, "person_index": 0, "garment": "aGVsbG8="}, person_count=1,
+             loaded=MODEL_TYPES)  # the issue's 12-million-character value  # fmt: skip
+    @example(raw=VALID_JOB, person_count=1, loaded=MODEL_TYPES)  # both kinds of answer on every run
+    def fuzz(raw, person_count, loaded) -> None:
+        try:
+            request = parse_request(
+                raw,
+                person_count=person_count,
+                loaded_model_types=loaded,
+                extra_resolutions=(TINY_RESOLUTION,),
+            )
+        except InputError as error:
+            message = str(error)
+            assert_one_sentence(message)
+            # Quoting at the source keeps sentences short: JobError's last-resort cut is never needed.
+            assert not message.endswith("(message shortened)"), message
+            outcomes["error"] += 1
+            return
+        assert isinstance(request, TryOnRequest)
+        assert STEPS_RANGE[0] <= request.steps <= STEPS_RANGE[1]
+        assert SAMPLES_RANGE[0] <= request.samples <= SAMPLES_RANGE[1]
+        assert GUIDANCE_RANGE[0] <= request.guidance_scale <= GUIDANCE_RANGE[1]
+        assert 0 <= request.seed <= MAX_SEED
+        # "auto" stays undecided only until the category is detected, in the job.
+        assert request.model_type in loaded or (request.model_type, request.category) == ("auto", "auto")
+        assert (request.person is None) != (request.person_index is None)
+        outcomes["request"] += 1
+
+    fuzz()
+    # A schema that refused everything (or nothing) would pass each example: count both answers.
+    assert outcomes["request"] and outcomes["error"], outcomes
 
 
 class NetworkUsed(AssertionError):
@@ -333,10 +362,23 @@ def run_job(job_input: object) -> dict:
     return handler.handler({"id": "fuzz", "input": job_input})
 
 
-def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> None:
-    before = run_job(VALID_JOB)
+def check_the_same_job_gives_the_same_bytes_around(other_jobs: Callable[[], object]) -> None:
+    """The worker keeps no state between jobs: `STATE_JOB` answers the same bytes before and
+    after `other_jobs()` ran other jobs on the same worker. AssertionError where it does not."""
+    before = run_job(STATE_JOB)
     assert "error" not in before, before["error"]
+    other_jobs()
+    after = run_job(STATE_JOB)
+    assert "error" not in after, after["error"]
+    assert after["seed"] == before["seed"] == STATE_JOB["seed"]
+    assert after["images"][0]["base64"] == before["images"][0]["base64"], (
+        "the job gave other bytes after other jobs ran"
+    )
+
+
+def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> None:
     outcomes = {"images": 0, "error": 0}
+    seen: list[tuple[str, tuple]] = []
 
     @HANDLER_FUZZ
     @given(job_input=handler_inputs())
@@ -356,8 +398,12 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
             assert result["images"] and all(entry.get("base64") for entry in result["images"])
             outcomes["images"] += 1
 
-    with NetworkWatch.watching() as seen:
-        fuzz()
+    def watched_fuzz() -> None:
+        with NetworkWatch.watching() as events:
+            fuzz()
+        seen.extend(events)
+
+    check_the_same_job_gives_the_same_bytes_around(watched_fuzz)
     # Only the refused literal addresses were looked up (no DNS query leaves the machine), and
     # nothing was connected to.
     assert any(event == "socket.getaddrinfo" for event, _ in seen)  # the watch saw the guard's lookups
@@ -365,6 +411,18 @@ def test_handler_answers_images_or_one_sentence_and_keeps_no_state(fuzz_env) -> 
     assert all(_resolved_locally(args[0]) for _, args in seen), seen
     assert outcomes["images"] and outcomes["error"], outcomes
 
-    after = run_job(VALID_JOB)
-    assert after["images"][0]["base64"] == before["images"][0]["base64"]
-    assert after["seed"] == before["seed"] == VALID_JOB["seed"]
+
+def test_the_state_check_fails_on_a_leaked_fusion_store(fuzz_env) -> None:
+    """Mutation: with garment features left over from the previous job, a job the fuzzing
+    always runs (another garment and person) changes the state job's bytes."""
+    from worker.config import Settings
+    from worker.runtime import get_runtime
+
+    def another_garments_job() -> None:
+        assert "images" in run_job(ALIASED_JOB)
+
+    with (
+        leaking_fusion_store(get_runtime(Settings.from_env())),
+        pytest.raises(AssertionError, match="the job gave other bytes after other jobs ran"),
+    ):
+        check_the_same_job_gives_the_same_bytes_around(another_garments_job)

@@ -7,8 +7,8 @@ session runs; the messages are the libraries' own. Jobs go through the runpod SD
 runner, which turns `refresh_worker` into `stopPod` and a raised exception into an error with
 its traceback. Running out of memory or losing the context ends the job with one sentence naming
 the stage and `stopPod`; a cuDNN/cuBLAS status that the input alone causes is a bug: a traceback,
-no `stopPod`. Either way the same process serves the next job. The real out-of-memory path is
-measured by the GPU benchmark.
+no `stopPod`. Either way the same process serves the next job, with the bytes it gave before the
+failures. The real out-of-memory path is measured by the GPU benchmark.
 """
 
 import asyncio
@@ -22,6 +22,7 @@ from pathlib import Path
 import onnxruntime.capi.onnxruntime_pybind11_state as ort_errors
 import pytest
 import torch
+from mutations import leaking_fusion_store
 from runpod.serverless.modules.rp_job import run_job
 from worker_support import data_uri, image_bytes
 
@@ -166,10 +167,10 @@ def runtime(settings: Settings) -> Runtime:
 
 @pytest.fixture(scope="module")
 def job() -> dict:
-    # A house photo and no mask, so that pose and parsing run too; one step is enough to reach the
-    # decoder (no test here looks at the image).
+    # A house photo and no mask, so that pose and parsing run too; two steps, so that the image
+    # depends on the garment's conditioning (one step returns the starting noise).
     garment = data_uri(GARMENT.read_bytes())
-    inputs = {"person_index": 0, "garment": garment, "resolution": "256x192", "steps": 1, "seed": 3,
+    inputs = {"person_index": 0, "garment": garment, "resolution": "256x192", "steps": 2, "seed": 3,
               "guidance_scale": 1.0}  # fmt: skip
     return {"id": "gpu", "input": inputs}
 
@@ -221,36 +222,60 @@ def expected_sentence(stage: Stage, family: str, error: BaseException) -> str:
     return f"the GPU failed in {stage.part} ({failure_detail(error)}); send the job again {RESTART}"
 
 
+@contextmanager
+def nothing_failed_is_used(job: dict, runtime: Runtime, settings: Settings) -> Iterator[dict]:
+    """`job` gives the same bytes after the block as before it: nothing the jobs that failed
+    inside left behind (their garment's conditioning, say) is used (2 steps, no caches). Yields
+    `job` with another garment, for the failing jobs. AssertionError where this fails."""
+    reference = run(job, runtime, settings)
+    assert "error" not in reference, reference
+    yield {**job, "input": {**job["input"], "garment": data_uri(image_bytes((96, 128), seed=2))}}
+    result = run(job, runtime, settings)
+    assert "error" not in result, result
+    assert result["images"] == reference["images"], "the job gave other bytes after the failures"
+
+
 def test_a_gpu_failure_in_any_stage_is_one_sentence_and_a_new_worker_a_poison_request_is_a_bug(
     runtime, settings, job, subtests, capfd
 ) -> None:
     # One process, every stage, each family of failure in turn (each library's own exceptions);
-    # then a good job.
+    # then the good job again, with the bytes it gave before.
     turns = {(name, family): itertools.cycle(errors)
              for name, library in LIBRARIES.items() for family, errors in library.items()}  # fmt: skip
     used: set[int] = set()
-    for stage in STAGES:
-        for family in LIBRARIES[stage.library]:
-            error = next(turns[stage.library, family])
-            used.add(id(error))
-            with subtests.test(stage=stage.name, family=family, error=repr(error)[:80]):
-                failing = {**job, "input": {**job["input"], **stage.request}}
-                with stage.fail(runtime, error):
-                    result = run_by_sdk(failing, runtime, settings)
-                if family == "poison":
-                    # A bug: the SDK reports it with its traceback and the worker is kept.
-                    assert "stopPod" not in result, result
-                    report = json.loads(result["error"])
-                    assert report["error_message"] == str(error)
-                    assert report["error_traceback"].startswith("Traceback (most recent call last)")
-                    assert "Captured Handler Exception" in capfd.readouterr().out
-                else:
-                    assert result == {"error": expected_sentence(stage, family, error), "stopPod": True}
+    with nothing_failed_is_used(job, runtime, settings) as other_garment:
+        for stage in STAGES:
+            for family in LIBRARIES[stage.library]:
+                error = next(turns[stage.library, family])
+                used.add(id(error))
+                with subtests.test(stage=stage.name, family=family, error=repr(error)[:80]):
+                    failing = {**other_garment, "input": {**other_garment["input"], **stage.request}}
+                    with stage.fail(runtime, error):
+                        result = run_by_sdk(failing, runtime, settings)
+                    if family == "poison":
+                        # A bug: the SDK reports it with its traceback and the worker is kept.
+                        assert "stopPod" not in result, result
+                        report = json.loads(result["error"])
+                        assert report["error_message"] == str(error)
+                        assert report["error_traceback"].startswith("Traceback (most recent call last)")
+                        assert "Captured Handler Exception" in capfd.readouterr().out
+                    else:
+                        assert result == {"error": expected_sentence(stage, family, error), "stopPod": True}
     # Every exception was injected somewhere.
     assert used == {id(e) for library in LIBRARIES.values() for errors in library.values() for e in errors}
-    result = run_by_sdk(job, runtime, settings)
-    assert "error" not in result, result
-    assert len(result["output"]["images"]) == 1
+
+
+def test_the_check_fails_when_a_failed_jobs_garment_is_left_behind(runtime, settings, job) -> None:
+    """Mutation: each job conditions on the garment the job before it left behind, here the
+    one whose try-on UNet failed."""
+    stage = next(stage for stage in STAGES if stage.name == "unet_vton")
+    with (
+        leaking_fusion_store(runtime),
+        pytest.raises(AssertionError, match="the job gave other bytes after the failures"),
+        nothing_failed_is_used(job, runtime, settings) as failing,
+        stage.fail(runtime, RuntimeError(CUDNN_FAILED)),
+    ):
+        assert "error" in run({**failing, "input": {**failing["input"], **stage.request}}, runtime, settings)
 
 
 def test_any_other_exception_in_a_gpu_stage_is_still_raised(runtime, settings, job, subtests) -> None:

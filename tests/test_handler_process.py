@@ -40,9 +40,14 @@ def test_test_input_json_is_a_valid_small_job() -> None:
 
 
 @pytest.mark.slow
-def test_handler_test_input_end_to_end_at_768x1024(tiny_root: Path, s3_server, s3_bucket) -> None:
+def test_handler_py_answers_test_input_json_with_a_768x1024_png_in_s3(
+    tiny_root: Path, s3_server, s3_bucket
+) -> None:
+    """The process: start-up log, warm-up, one job, its picture in S3, no secret logged. What is
+    in the picture is checked in-process (tests/test_ootd_pipeline.py, tests/test_handler_jobs.py)."""
     job = json.loads(TEST_INPUT.read_text())
-    # One step without guidance and a stretched fit: the full 768x1024 frame, as fast as CPU allows.
+    # One step without guidance and a stretched fit: the full 768x1024 frame, as fast as CPU allows
+    # (after one Karras step the picture does not depend on the UNet: only its frame is checked).
     job["input"].update(steps=1, guidance_scale=1.0, fit="stretch")
     # The SDK cuts log lines at 4096 characters, so the image travels through the S3 server. The
     # bucket comes with the job (RunPod's s3Config), whose secret the SDK would log at its default

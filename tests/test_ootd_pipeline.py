@@ -1,5 +1,6 @@
 """The try-on pipeline end to end on tiny checkpoints: conditioning, guidance, repaint, seeding,
-batching, validation. Most runs are 192x256 with 1-3 steps; one slow test runs 768x1024."""
+batching, validation. Most runs are 192x256 with 1-3 steps (2 or more wherever the result must
+depend on the UNet); one slow test runs a step at 768x1024."""
 
 from __future__ import annotations
 
@@ -354,14 +355,82 @@ def test_callback_sees_every_step_and_may_replace_latents(pipes, images):
     assert torch.count_nonzero(latents) == 0
 
 
+def check_one_step_keeps_the_person_and_the_starting_noise(pipe, images, seed, latents, size) -> None:
+    """What one step gives at `size` (W, H) from `images` of any size: outside the mask, the
+    person's own latents (the test's VAE encoding of the person stretched to `size`, bicubic, as
+    published, mask stretched nearest); inside it, the starting noise of `seed`, untouched (a
+    1-step Karras schedule starts and ends at sigma_max, so the UNet's output is multiplied by
+    zero: such a run says nothing about conditioning). AssertionError where this fails."""
+    person, _, mask = images
+    original = latents_of(pipe, person.resize(size, PIL.Image.BICUBIC)) * pipe.vae.config.scaling_factor
+    noise = torch.randn(original.shape, generator=torch.Generator().manual_seed(seed))
+    repaint = np.asarray(mask.resize(size, PIL.Image.NEAREST)) >= 127
+    inside = F.interpolate(torch.from_numpy(repaint.astype(np.float32))[None, None], size=original.shape[-2:])
+    assert 0 < inside.mean() < 1
+    assert latents.shape == original.shape
+    outside_error = ((latents - original) * (1 - inside)).abs().max().item()
+    assert outside_error <= 1e-5, f"the latents outside the mask are not the person's ({outside_error})"
+    inside_error = ((latents - noise) * inside).abs().max().item()
+    assert inside_error <= 1e-6, f"the latents inside the mask are not the starting noise ({inside_error})"
+
+
+def one_step(pipe, images, seed, **options) -> tuple[PIL.Image.Image, torch.Tensor, list[tuple]]:
+    """One step of `pipe` on `images`: the image, the final latents and the try-on UNet's inputs."""
+    seen: list[torch.Tensor] = []
+    shapes: list[tuple] = []
+
+    def keep(p, index, timestep, kwargs):
+        seen.append(kwargs["latents"].clone())
+        return {}
+
+    hook = pipe.unet_vton.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    try:
+        image = pipe(*images, num_inference_steps=1, generator=seed, callback_on_step_end=keep, **options)
+    finally:
+        hook.remove()
+    return image.images[0], seen[-1], shapes
+
+
 @pytest.mark.slow
-def test_default_768x1024_end_to_end(pipes):
-    """The published resolution with the default guidance, from half-size inputs and mask."""
-    person, garment, mask = make_images(384, 512, seed=1)
-    out = pipes["hd"](person, garment, mask, num_inference_steps=1, generator=0)
-    image = out.images[0]
+def test_the_default_768x1024_frame_from_half_size_inputs_keeps_the_person_outside_the_mask(pipes):
+    """The published frame with the default guidance, from half-size inputs and mask: the
+    shapes the try-on UNet sees, the image, and which latents are whose. One step only (a
+    768x1024 step takes most of a minute on a loaded CPU): conditioning is covered at 192x256."""
+    pipe, images = pipes["hd"], make_images(384, 512, seed=1)
+    image, latents, shapes = one_step(pipe, images, seed=0)
     assert image.size == (768, 1024) and image.mode == "RGB"
-    assert np.asarray(image).std() > 1
+    assert shapes == [(2, 8, 128, 96)]  # guided: [garment ; zero garment], noise + masked person
+    check_one_step_keeps_the_person_and_the_starting_noise(pipe, images, 0, latents, (768, 1024))
+
+
+def test_the_one_step_check_fails_on_an_inverted_mask_or_a_final_sigma_of_zero(pipes, monkeypatch):
+    """Mutations of the system under the check above, at 128x192: the pipeline repaints the
+    outside of the mask instead of the inside; the scheduler ends on sigma 0 (diffusers' newer
+    default), so one step moves the noise."""
+    from diffusers import UniPCMultistepScheduler
+
+    import ootd.pipeline
+
+    small = (128, 192)
+    pipe, images, size = pipes["hd"], make_images(*small, seed=1), {"width": small[0], "height": small[1]}
+    _, latents, _ = one_step(pipe, images, seed=0, **size)
+    check_one_step_keeps_the_person_and_the_starting_noise(pipe, images, 0, latents, small)
+
+    with monkeypatch.context() as patch:
+        real = ootd.pipeline.mask_to_tensor
+        patch.setattr(ootd.pipeline, "mask_to_tensor", lambda mask: 1 - real(mask))
+        _, inverted, _ = one_step(pipe, images, seed=0, **size)
+    with pytest.raises(AssertionError, match="outside the mask are not the person's"):
+        check_one_step_keeps_the_person_and_the_starting_noise(pipe, images, 0, inverted, small)
+
+    published = pipe.scheduler
+    pipe.scheduler = UniPCMultistepScheduler.from_config(published.config, final_sigmas_type="zero")
+    try:
+        _, moved, _ = one_step(pipe, images, seed=0, **size)
+    finally:
+        pipe.scheduler = published
+    with pytest.raises(AssertionError, match="inside the mask are not the starting noise"):
+        check_one_step_keeps_the_person_and_the_starting_noise(pipe, images, 0, moved, small)
 
 
 def test_demo_cli_writes_images(tiny_ootd_root, tmp_path, images):

@@ -14,7 +14,6 @@ from test_parsing import encode_labels, person_labels, write_passthrough_parsers
 
 from preprocess import (
     NoGarmentRegionError,
-    NoPersonDetectedError,
     PreprocessError,
     Preprocessor,
     PreprocessResult,
@@ -23,6 +22,7 @@ from preprocess import (
 )
 from preprocess import labels as L
 from preprocess.parsing import HumanParser
+from tiny_checkpoints.pose import SKELETON_GRID
 
 SIZE = (768, 1024)
 ARMS_DOWN = np.zeros((18, 2))
@@ -179,32 +179,45 @@ def tiny_preprocessor(tiny_root: Path) -> Preprocessor:
     return Preprocessor.from_checkpoints(tiny_root, device="cpu")
 
 
+def skeleton_keypoints() -> np.ndarray:
+    """Where the tiny tree's pose network puts its fixed person in a 384x512 picture: grid cell c
+    of the 1/8 output at pixel (8c + 4) * 512/184 - 0.5 (see tests/test_pose.py)."""
+    return (8 * np.array(SKELETON_GRID, dtype=float) + 4) * (512 / 184) - 0.5
+
+
 def test_tiny_tree_end_to_end(tiny_preprocessor: Preprocessor) -> None:
-    """Random weights may find no person or no garment: either outcome must be well-formed."""
+    """The tiny tree's networks on the house photo: the pose network reports its fixed person,
+    the random parsers find upper clothes, and the mask is the published one of that parse."""
     person = load_rgb(Image.open(Path(__file__).parent.parent / "assets/models/0_astronaut.png"))
-    try:
-        result = tiny_preprocessor(person, "dc", "upper_body")
-    except (NoPersonDetectedError, NoGarmentRegionError) as error:
-        assert isinstance(error, PreprocessError) and str(error)
-        return
-    assert result.keypoints.shape == (18, 2)
+    result = tiny_preprocessor(person, "dc", "upper_body")
+    np.testing.assert_allclose(result.keypoints, skeleton_keypoints(), atol=1.5)
     assert result.parse.shape == (512, 384) and result.parse.max() <= L.NECK
-    assert result.mask.size == SIZE and set(np.unique(np.asarray(result.mask))) <= {0, 255}
+    assert (result.parse == L.UPPER_CLOTHES).any()
+    expected = agnostic_mask(result.parse, result.keypoints, "dc", "upper_body")
+    expected = expected.resize(SIZE, Image.Resampling.NEAREST)
+    assert result.mask.size == SIZE
+    np.testing.assert_array_equal(np.asarray(result.mask), np.asarray(expected))
+    assert set(np.unique(np.asarray(result.mask))) == {0, 255}
 
 
 def test_tiny_parser_with_given_keypoints(tiny_preprocessor: Preprocessor) -> None:
-    """The parsing + mask half of the tiny tree, fed a known pose."""
+    """The parsing + mask half of the tiny tree, fed a known pose, on a noise photo: the random
+    parsers find clothes for a dress but no pants, legs or skirt, so lower body is the typed error."""
     photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (1024, 768, 3), dtype=np.uint8))
     assert tiny_preprocessor.parser is not None
     preprocessor = Preprocessor(pose=lambda _: ARMS_DOWN, parser=tiny_preprocessor.parser)
-    try:
-        result = preprocessor(photo, "dc", "dresses")
-    except NoGarmentRegionError as error:
-        parse = tiny_preprocessor.parser(photo.resize((384, 512), Image.Resampling.BICUBIC))
-        assert not np.isin(parse, (L.DRESS, L.UPPER_CLOTHES, L.SKIRT, L.PANTS)).any(), error
-        return
-    assert (np.asarray(result.mask) == 255).any()
+    parse = tiny_preprocessor.parser(photo.resize((384, 512), Image.Resampling.BICUBIC))
+
+    result = preprocessor(photo, "dc", "dresses")
     np.testing.assert_array_equal(result.keypoints, ARMS_DOWN)
+    np.testing.assert_array_equal(result.parse, parse)
+    expected = agnostic_mask(parse, ARMS_DOWN, "dc", "dresses").resize(SIZE, Image.Resampling.NEAREST)
+    np.testing.assert_array_equal(np.asarray(result.mask), np.asarray(expected))
+    assert (np.asarray(result.mask) == 255).any()
+
+    assert not np.isin(parse, (L.PANTS, L.LEFT_LEG, L.RIGHT_LEG, L.SKIRT)).any()
+    with pytest.raises(NoGarmentRegionError, match="no lower_body garment found"):
+        preprocessor(photo, "dc", "lower_body")
 
 
 def test_tiny_tree_user_mask_skips_the_networks(tiny_preprocessor: Preprocessor) -> None:
@@ -213,9 +226,13 @@ def test_tiny_tree_user_mask_skips_the_networks(tiny_preprocessor: Preprocessor)
     np.testing.assert_array_equal(np.asarray(result.mask), expected_quadrants(SIZE))
 
 
-def test_preview_sizes_see_the_published_768x1024_chain(passthrough_parser: HumanParser) -> None:
+PREVIEW_SIZES = (SIZE, (384, 512), (576, 768))
+
+
+def check_previews_see_the_published_chain(parser: HumanParser) -> None:
     """Pose and parsing get photo -> 768x1024 -> 384x512 whatever size is diffused, so a preview
-    gets the full-size mask, only scaled (never a mask from a resampled preview image)."""
+    gets the full-size mask, only scaled (never a mask from a resampled preview image).
+    AssertionError where this fails."""
     photo = Image.fromarray(np.random.default_rng(2).integers(0, 256, (700, 500, 3), dtype=np.uint8))
     seen: list[np.ndarray] = []
 
@@ -223,17 +240,36 @@ def test_preview_sizes_see_the_published_768x1024_chain(passthrough_parser: Huma
         seen.append(np.asarray(image).copy())
         return ARMS_DOWN
 
-    preprocessor = Preprocessor(pose=pose, parser=passthrough_parser)
-    results = []
-    for size in (SIZE, (384, 512), (576, 768)):
-        try:
-            results.append(preprocessor(photo, "hd", "upper_body", size=size))
-        except NoGarmentRegionError:
-            results.append(None)
+    preprocessor = Preprocessor(pose=pose, parser=parser)
+    full, *previews = (preprocessor(photo, "hd", "upper_body", size=size) for size in PREVIEW_SIZES)
     published = photo.resize(SIZE, Image.Resampling.BICUBIC).resize((384, 512), Image.Resampling.BICUBIC)
+    assert len(seen) == len(PREVIEW_SIZES)
     for image in seen:
-        np.testing.assert_array_equal(image, np.asarray(published))
-    if results[0] is not None:
-        for result, size in zip(results[1:], ((384, 512), (576, 768)), strict=True):
-            assert result.mask.size == size
-            np.testing.assert_array_equal(result.parse, results[0].parse)
+        assert np.array_equal(image, np.asarray(published)), "pose saw another picture than the chain"
+    small = agnostic_mask(full.parse, ARMS_DOWN, "hd", "upper_body")
+    assert (np.asarray(small) == 255).any()
+    for result, size in zip([full, *previews], PREVIEW_SIZES, strict=True):
+        assert result.mask.size == size
+        np.testing.assert_array_equal(result.parse, full.parse)
+        np.testing.assert_array_equal(
+            np.asarray(result.mask), np.asarray(small.resize(size, Image.Resampling.NEAREST))
+        )
+
+
+def test_preview_sizes_see_the_published_768x1024_chain(passthrough_parser: HumanParser) -> None:
+    check_previews_see_the_published_chain(passthrough_parser)
+
+
+def test_the_preview_check_fails_when_a_preview_is_parsed_from_its_own_pixels(
+    passthrough_parser: HumanParser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutation: pose and parsing get the photo shrunk straight to 384x512 (one resize, not the
+    published two), the shortcut the chain exists to avoid."""
+    import preprocess.preprocessor
+
+    def one_resize(image: Image.Image) -> Image.Image:
+        return image.resize((384, 512), Image.Resampling.BICUBIC)
+
+    monkeypatch.setattr(preprocess.preprocessor, "parse_input", one_resize)
+    with pytest.raises(AssertionError, match="pose saw another picture than the chain"):
+        check_previews_see_the_published_chain(passthrough_parser)
