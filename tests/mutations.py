@@ -14,7 +14,7 @@ from contextlib import contextmanager
 def leaking_fusion_store(runtime) -> Iterator[None]:
     """A broken worker: each request conditions on the garment features the request before it
     left in its pipeline's fusion store (a store that is not refilled), patched in through the
-    fusion's public methods. Drops what the garment cache took in meanwhile on exit."""
+    fusion's public `use_features`. Drops what the garment cache took in meanwhile on exit."""
     fusions = [pipe.fusion for pipe in runtime.pipelines.values()]
     for fusion in fusions:
         left: list[dict] = []
@@ -24,18 +24,15 @@ def leaking_fusion_store(runtime) -> Iterator[None]:
                 use(left.pop())
             left.append(features)
 
-        def encode_garment(*args, fusion=fusion, real=fusion.encode_garment, leak=leak, **kwargs) -> None:
-            real(*args, **kwargs)
-            leak(fusion.recorded_features())
-
         def use_features(features, real=fusion.use_features, leak=leak) -> None:
             real(features)
             leak(features)
 
-        fusion.encode_garment, fusion.use_features = encode_garment, use_features
+        # encode_garment conditions through self.use_features: this instance attribute, too.
+        fusion.use_features = use_features
     try:
         yield
     finally:
         for fusion in fusions:
-            del fusion.encode_garment, fusion.use_features
+            del fusion.use_features
         runtime.garment_cache.clear()  # entries filled with the wrong garment's features
