@@ -124,13 +124,13 @@ def composite(
     """Each generated frame as a picture of `size`, and the mask at that size.
 
     `photo` is the person photo as it entered the job (upright, transparency flattened onto
-    white); `frames` the generated images, `mask` the repaint mask the diffusion used (`L`,
-    255 = repaint), all three in the frame's pixels; `pad` where the photo sits in the frame
-    (None for fit "stretch"). With `keep_photo` the photo's pixels are kept outside the mask
-    and its band (see the module's docstring); without, the output is the generated image
-    alone. When the photo's region of the frame already has `size`, it is cut out, not
-    resampled: output_size "frame" with `keep_photo=False` is exactly the frame as the model
-    made it.
+    white, at its own size); `frames` the generated images and `mask` the repaint mask the
+    diffusion used (`L`, 255 = repaint), both in the frame's pixels; `pad` where the photo sits
+    in the frame (None for fit "stretch": it covers the whole frame). With `keep_photo` the
+    photo's pixels are kept outside the mask and its band (see the module's docstring);
+    without, the output is the generated image alone. When the photo's region of the frame
+    already has `size`, it is cut out, not resampled: output_size "frame" with
+    `keep_photo=False` is exactly the frame as the model made it.
     """
     size = Size(*size)
     region = photo_region(mask.size, pad)
