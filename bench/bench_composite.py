@@ -117,7 +117,7 @@ def format_row(row: dict, diffusion: dict[int, float] | None = None) -> str:
         wall, cpu = row[key]
         share = ""
         if diffusion and key in ("composite", "alone", "frame"):
-            share = f" = {wall / diffusion[row['samples']] * 100:.2f} %"
+            share = f" = {wall / diffusion[row['samples']] * 100:.2g} %"
         parts.append(f"{key} {wall:.3f} s (CPU {cpu:.3f}){share}")
     parts.append(f"one PNG {row['png_mb']:.1f} MB, one JPEG {row['jpeg_mb']:.1f} MB")
     return "  ".join(parts)
