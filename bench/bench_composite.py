@@ -21,7 +21,8 @@ a share of it. The mid tree is slow on a CPU: `--diffusion-samples 1` times one 
 The photo: the house photo scaled up (bicubic) with sigma-3 noise, as in `bench.bench_encoding`.
 
     .venv/bin/python -m bench.bench_composite [--runs 3] [--megapixels 1,6,12] [--samples 1,4]
-        [--size mid | --checkpoints DIR] [--resolution 1024x768] [--steps 20] [--diffusion-steps 2]
+        [--size mid | --checkpoints DIR] [--device cuda] [--resolution 1024x768] [--steps 20]
+        [--diffusion-steps 2] [--diffusion-samples 1,4]
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def diffusion_seconds(root: Path, args: argparse.Namespace) -> dict[int, float]:
     from bench.bench_pipeline import time_call
     from ootd import load_pipelines
 
-    pipe = load_pipelines(root, model_types=("hd",), device="cpu")["hd"]
+    pipe = load_pipelines(root, model_types=("hd",), device=args.device)["hd"]
     pipe.set_progress_bar_config(disable=True)
     width, height = parse_size(args.resolution)
     seconds = {}
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--samples", default="1,4")
     parser.add_argument("--size", choices=SIZES, default=None, help="tree to write (bench.models)")
     parser.add_argument("--checkpoints", type=Path, default=None, help="an existing tree")
+    parser.add_argument("--device", default=None, help="diffusion device (default: CUDA, fp16)")
     parser.add_argument("--resolution", default="1024x768")
     parser.add_argument("--steps", type=int, default=20, help="a job's steps (extrapolated to)")
     parser.add_argument("--diffusion-steps", type=int, default=2, help="steps actually run (at least 2)")
