@@ -32,7 +32,14 @@ WORKDIR /app
 # Dependencies first: this layer changes only when the pins do.
 COPY requirements.txt ./
 COPY requirements/ requirements/
-RUN pip install -r requirements.txt && pip check
+# Optional secrets, for a machine that reaches the package index through a proxy with its own
+# certificate authority or through a mirror (scripts/image-check.sh passes both from the host):
+# ca_bundle (CA certificates pip trusts) and pip_conf (a pip.conf with the index settings).
+# Secrets exist only during this RUN; neither lands in a layer or the image's environment.
+RUN --mount=type=secret,id=ca_bundle,required=false --mount=type=secret,id=pip_conf,required=false \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && if [ -s /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi \
+ && pip install -r requirements.txt && pip check
 
 # Weights next, from only the files the builder needs (builder.BUILD_CONTEXT), so that code
 # changes do not invalidate the weights layer. /weights, not /runpod-volume: an attached
@@ -65,7 +72,7 @@ ENV HF_HUB_OFFLINE=1 \
 
 # The project last (it changes most often). test_input.json sits in the working directory,
 # where the runpod SDK looks for it when started without RunPod's environment.
-COPY handler.py test_input.json ./
+COPY handler.py start.sh test_input.json ./
 COPY core/ core/
 COPY worker/ worker/
 COPY ootd/ ootd/
@@ -73,4 +80,6 @@ COPY preprocess/ preprocess/
 COPY storage/ storage/
 COPY assets/ assets/
 
-CMD ["python", "-u", "handler.py"]
+# start.sh runs `python -u handler.py` (RunPod's queue), or with WORKER_MODE=lb serves a RunPod
+# load-balancing endpoint on PORT (python -m worker.serve --lb).
+CMD ["sh", "start.sh"]

@@ -116,12 +116,13 @@ def test_every_copy_source_exists_and_is_in_the_build_context(parsed):
             assert not hits, f"COPY source {source} is excluded by .dockerignore {hits}"
 
 
-def test_runtime_copies_every_project_module_the_handler_imports(parsed):
+def test_runtime_copies_every_project_module_the_entry_points_import(parsed):
     copied = {source.rstrip("/") for keyword, rest in parsed if keyword == "COPY"
               for source in copy_parts(rest)[0]}
     local = {path.stem if path.suffix == ".py" else path.name for path in REPO_ROOT.iterdir()
              if (path.suffix == ".py" or (path / "__init__.py").exists() or path.name in copied)}
-    todo, seen = [REPO_ROOT / "handler.py"], set()
+    # Both commands start.sh runs: the handler, and worker.serve for a load-balancing endpoint.
+    todo, seen = [REPO_ROOT / "handler.py", REPO_ROOT / "worker" / "serve.py"], set()
     while todo:
         file = todo.pop()
         if file in seen:
@@ -140,9 +141,9 @@ def test_runtime_copies_every_project_module_the_handler_imports(parsed):
     assert len(seen) > 3  # the walk really followed the handler into the packages
 
 
-def test_cmd_runs_the_handler_from_the_folder_with_test_input(parsed):
+def test_cmd_runs_the_start_script_from_the_folder_with_the_handler_and_test_input(parsed):
     cmds = [rest for keyword, rest in parsed if keyword == "CMD"]
-    assert json.loads(cmds[-1]) == ["python", "-u", "handler.py"]
+    assert json.loads(cmds[-1]) == ["sh", "start.sh"]
     assert not [rest for keyword, rest in parsed if keyword == "ENTRYPOINT"]
     workdir = [rest for keyword, rest in parsed if keyword == "WORKDIR"][-1]
     placed = {}
@@ -151,9 +152,48 @@ def test_cmd_runs_the_handler_from_the_folder_with_test_input(parsed):
             sources, dest = copy_parts(rest)
             for source in sources:
                 placed[source] = dest
-    for name in ("handler.py", "test_input.json"):
+    for name in ("start.sh", "handler.py", "test_input.json"):
         dest = placed[name]
         assert dest in ("./", ".", f"{workdir}/", workdir) or dest == f"{workdir}/{name}", (name, dest)
+
+
+def run_start_script(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[str] | None]:
+    """start.sh as the image's CMD runs it (`sh start.sh` in the folder), with a `python` on the
+    PATH that records its arguments and working directory: (the run, what python got)."""
+    record = tmp_path / "python-args.json"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    f"json.dump([os.getcwd(), *sys.argv[1:]], open({str(record)!r}, 'w'))\n")  # fmt: skip
+    fake.chmod(0o755)
+    base = {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    done = subprocess.run(["sh", "start.sh"], cwd=REPO_ROOT, env={**base, **env}, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    recorded = json.loads(record.read_text()) if record.exists() else None
+    if record.exists():
+        record.unlink()
+    return done, recorded
+
+
+def test_start_script_runs_the_queue_handler_unless_worker_mode_is_lb(tmp_path):
+    # Unset or "queue": exactly the command the image always ran, in the image's folder.
+    for env in ({}, {"WORKER_MODE": "queue"}):
+        done, called = run_start_script(tmp_path, **env)
+        assert done.returncode == 0, done.stderr
+        assert called == [str(REPO_ROOT), "-u", "handler.py"]
+    # lb: the load-balancing endpoint on RunPod's PORT (80 when unset), on every address.
+    done, called = run_start_script(tmp_path, WORKER_MODE="lb", PORT="8080")
+    assert done.returncode == 0, done.stderr
+    assert called[1:] == ["-u", "-m", "worker.serve", "--lb", "--host", "0.0.0.0", "--port", "8080"]
+    assert run_start_script(tmp_path, WORKER_MODE="lb")[1][-1] == "80"
+    # What start.sh passes is what worker.serve's own parser takes.
+    from worker.serve import build_parser
+
+    args = build_parser().parse_args(called[4:])
+    assert (args.lb, args.host, args.port) == (True, "0.0.0.0", 8080)
+    done, called = run_start_script(tmp_path, WORKER_MODE="lB")
+    assert done.returncode == 2 and called is None
+    assert "WORKER_MODE must be queue or lb, not 'lB'" in done.stderr
 
 
 def test_runtime_environment(parsed):

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +21,13 @@ import torch
 from PIL import Image
 from worker_support import (
     ALLOW_PRIVATE_URLS,
+    DEADLINE_SLACK,
     FileServer,
+    LoopbackHTTPServer,
+    QuietHandler,
     SilentServer,
     data_uri,
+    fetch_threads,
     image_bytes,
     png_claiming_size,
 )
@@ -361,6 +366,39 @@ def test_every_bad_input_gets_one_clear_sentence_and_the_next_job_works(
     # The next valid job (the same URL, now allowed) still succeeds.
     monkeypatch.setenv(ALLOW_PRIVATE_URLS, "true")
     assert_ok(run(good_input(garment_uri, garment=url)))
+
+
+def test_a_garment_host_that_drips_fails_the_job_at_its_deadline(
+    worker_env, garment_uri, files, monkeypatch
+) -> None:
+    # Issue 17 at a twentieth of its time: a house model and one garment URL, on a host written
+    # the plain way with http.server (so HTTP/1.0) that declares 100000 bytes, sends one each
+    # thirtieth of the deadline and stops after 120 (four deadlines). The job used to end when
+    # the host stopped; it must end at its own deadline, and the worker take the next job.
+    deadline = 1.5
+    monkeypatch.setenv("DOWNLOAD_TIMEOUT", str(deadline))
+
+    class DrippingHost(QuietHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the worker hung up
+                for _ in range(120):
+                    time.sleep(deadline / 30)
+                    self.wfile.write(b"x")
+
+    get_runtime(Settings.from_env())  # loaded before the clock starts, as at a worker's start
+    with LoopbackHTTPServer(DrippingHost) as host:
+        start = time.monotonic()
+        result = run({"person_index": 0, "garment": f"{host.base_url}/shirt.jpg", **SMALL})
+        elapsed = time.monotonic() - start
+        assert fetch_threads() == []
+    limit = f"limit {deadline:g} s for the job's downloads"
+    assert result == {"error": f"garment: the download from 127.0.0.1 timed out ({limit})"}
+    assert elapsed < deadline + DEADLINE_SLACK
+    assert_ok(run(good_input(garment_uri, garment=files.add("/next-shirt.png", GARMENT_PNG.read_bytes()))))
 
 
 def test_progress_every_few_steps_but_not_on_the_last(worker_env, garment_uri) -> None:

@@ -7,9 +7,7 @@ folder). A job is then served through `handler.handler` from that layout with no
 CHECKPOINTS_DIR, and the precedence rules and the error are checked on the real folders.
 """
 
-import hashlib
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from worker_support import data_uri
 import handler
 from ootd.layout import CLIP_DIR, CLIP_FILES, CLIP_REPO, OOTD_REPO, OOTD_REPO_FOLDER
 from preprocess.layout import PREPROCESS_FILES
+from tiny_checkpoints.hub_cache import CLIP_REVISION, OOTD_REVISION, tree_files, write_hub_cache
 from worker.config import RUNPOD_HF_HUB_CACHE, Settings
 from worker.weights import (
     BAKED,
@@ -32,47 +31,6 @@ from worker.weights import (
 )
 
 GARMENT_PNG = Path(handler.__file__).parent / "assets" / "garments" / "0_tshirt.png"
-OOTD_REVISION = "1" * 40
-CLIP_REVISION = "2" * 40
-
-
-def cache_repo(cache: Path, repo_id: str, files: dict[str, Path], revision: str, *, ref: bool = True) -> Path:
-    """Lay `files` (path in the repo -> source file) out as the hub cache does; return the snapshot."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / revision
-    for name, source in files.items():
-        data = source.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    if ref:
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text(revision)
-    return snapshot
-
-
-def tree_files(root: Path) -> dict[str, Path]:
-    return {path.relative_to(root).as_posix(): path for path in sorted(root.rglob("*")) if path.is_file()}
-
-
-def write_cache(cache: Path, tiny_root: Path, *, clip: bool = True, ref: bool = True) -> Path:
-    """The OOTD repo (its `checkpoints/` folder, no CLIP) and, if `clip`, the CLIP repo; returns `cache`."""
-    files = tree_files(tiny_root)
-    ootd = {
-        f"{OOTD_REPO_FOLDER}/{name}": path for name, path in files.items() if not name.startswith(CLIP_DIR)
-    }
-    cache_repo(cache, OOTD_REPO, ootd, OOTD_REVISION, ref=ref)
-    if clip:
-        clip_files = {
-            name.removeprefix(f"{CLIP_DIR}/"): path
-            for name, path in files.items()
-            if name.startswith(CLIP_DIR)
-        }
-        cache_repo(cache, CLIP_REPO, clip_files, CLIP_REVISION, ref=ref)
-    return cache
 
 
 def ootd_snapshot(cache: Path) -> Path:
@@ -86,7 +44,7 @@ def clip_snapshot(cache: Path) -> Path:
 @pytest.fixture(scope="module")
 def full_cache(tiny_root, tmp_path_factory) -> Path:
     """Both repos cached, as an endpoint caching levihsu/OOTDiffusion plus CLIP would hold them."""
-    return write_cache(tmp_path_factory.mktemp("hf-cache"), tiny_root)
+    return write_hub_cache(tmp_path_factory.mktemp("hf-cache"), tiny_root)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +53,7 @@ def slim_image(tiny_root, tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("slim")
     baked = base / "weights"
     shutil.copytree(tiny_root / CLIP_DIR, baked / CLIP_DIR)
-    return baked, write_cache(base / "cache", tiny_root, clip=False)
+    return baked, write_hub_cache(base / "cache", tiny_root, clip=False)
 
 
 def sources(settings: Settings) -> dict[str, tuple[str, Path]]:
@@ -187,7 +145,7 @@ def test_each_part_falls_back_to_the_cache_on_its_own(tiny_root, full_cache, tmp
 
 
 def test_without_refs_main_the_cached_snapshot_is_still_found(tiny_root, tmp_path) -> None:
-    cache = write_cache(tmp_path / "cache", tiny_root, ref=False)
+    cache = write_hub_cache(tmp_path / "cache", tiny_root, ref=False)
     settings = Settings(baked_weights_dir=tmp_path / "none", hf_hub_cache=cache)
     assert sources(settings)[DIFFUSION] == (CACHE, ootd_snapshot(cache))
     assert sources(settings)[CLIP] == (CACHE, clip_snapshot(cache))
@@ -196,7 +154,7 @@ def test_without_refs_main_the_cached_snapshot_is_still_found(tiny_root, tmp_pat
 def test_nothing_complete_anywhere_is_one_error_naming_every_place(tiny_root, tmp_path) -> None:
     baked = tmp_path / "weights"
     baked.mkdir()
-    cache = write_cache(tmp_path / "cache", tiny_root, clip=False)
+    cache = write_hub_cache(tmp_path / "cache", tiny_root, clip=False)
     # An interrupted download: one blob of the cached snapshot is gone, its symlink dangles.
     missing_blob = ootd_snapshot(cache) / "openpose" / "ckpts" / "body_pose_model.pth"
     missing_blob.resolve().unlink()

@@ -5,8 +5,8 @@ port, a daemon thread); `FileServer` is one serving registered bodies, statuses 
 `running_server` starts a server process of the worker's (`api_worker`: the SDK's local API
 server) and stops it, on the environment `worker_env` gives;
 `SilentServer` accepts TCP connections and never answers (a download that times out);
-`DripServer` answers at once and then sends a byte at a time, slowly; `BrokenBodyServer` sends
-part of a body and hangs up. The
+`SlowHost` answers as slowly as a test asks (headers or body a byte at a time, stalls, chunks,
+https) and hangs up after a while; `BrokenBodyServer` sends part of a body and hangs up. The
 image helpers make real encoded files, including a PNG whose header claims 100 megapixels.
 """
 
@@ -17,8 +17,10 @@ import contextlib
 import io
 import json
 import os
+import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -190,36 +192,141 @@ class SilentServer(_RawLoopbackServer):
             conn.close()
 
 
-class DripServer(_RawLoopbackServer):
-    """Answers 200 with a large Content-Length at once, then sends one byte every `gap` seconds.
+class SlowHost(_RawLoopbackServer):
+    """An image host as slow as a test needs, which hangs up `lifetime` seconds after each request.
 
-    Every read gets data well within a read timeout, so only a limit on the whole download
-    stops it (a slowloris in reverse).
+    It answers `status` and `headers` (at once, or a byte every `head_gap` seconds), then `burst`
+    at once, then `piece` every `gap` seconds (never, when `gap` is None: a stall); each body write
+    is a chunk of its own when `chunked`. A drip feeds every read long before its timeout, so only
+    a limit on the whole download stops it (a slowloris in reverse). `tls` (a server-side
+    `ssl.SSLContext`) serves https. Hanging up after `lifetime` bounds what a worker that waits for
+    the host instead of its own deadline costs a test: seconds, never a hung suite. `hung_up` is set
+    once the client has closed the connection.
     """
 
-    def __init__(self, gap: float, length: int = 100_000) -> None:
+    def __init__(
+        self,
+        lifetime: float,
+        *,
+        status: str = "HTTP/1.1 200 OK",
+        headers: dict[str, str] | None = None,
+        head_gap: float | None = None,
+        burst: bytes = b"",
+        piece: bytes = b"x",
+        gap: float | None = None,
+        chunked: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__()
-        self.gap, self.length = gap, length
+        self.lifetime, self.head_gap, self.gap, self.chunked, self.tls = lifetime, head_gap, gap, chunked, tls
+        lines = [status, *(f"{name}: {value}" for name, value in (headers or {}).items())]
+        self.head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self.burst, self.piece = burst, piece
+        self.hung_up = threading.Event()
         self.stop = threading.Event()
 
-    def _serve(self, conn: socket.socket) -> None:
-        threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+    def url(self, path: str = "/image.jpg") -> str:
+        return super().url(path).replace("http:", "https:" if self.tls else "http:")
 
-    def _drip(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.recv(65536)
-                conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {self.length}\r\n\r\n".encode())
-                for _ in range(self.length):
-                    if self.stop.wait(self.gap):
-                        return
-                    conn.sendall(b"x")
-            except OSError:  # the client hung up: what a timed-out download does
-                return
+    def _serve(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _writes(self) -> Iterator[tuple[float, bytes]]:
+        """(seconds to wait, bytes to send next), in order; endless when the host drips."""
+        if self.head_gap is None:
+            yield 0.0, self.head
+        else:
+            yield from ((self.head_gap, self.head[i : i + 1]) for i in range(len(self.head)))
+        if self.burst:
+            yield 0.0, self._framed(self.burst)
+        while self.gap is not None:
+            yield self.gap, self._framed(self.piece)
+
+    def _framed(self, data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
+
+    def _answer(self, conn: socket.socket) -> None:
+        ends = time.monotonic() + self.lifetime
+        try:
+            conn.settimeout(5)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            conn.recv(65536)
+            for delay, data in self._writes():
+                if not self._idle(conn, delay, ends):
+                    return
+                conn.sendall(data)
+            self._idle(conn, self.lifetime, ends)
+        except OSError:  # the client hung up mid-write (or mid-handshake)
+            self.hung_up.set()
+        finally:
+            conn.close()
+
+    def _idle(self, conn: socket.socket, seconds: float, ends: float) -> bool:
+        """Wait `seconds`; False (time to hang up) once the client has closed the connection,
+        the host is stopped or its lifetime is over."""
+        until = min(time.monotonic() + seconds, ends)
+        while not self.stop.is_set():
+            readable, _, _ = select.select([conn], [], [], max(0.0, min(until - time.monotonic(), 0.05)))
+            if readable and not conn.recv(1):  # an end of file: the client closed the connection
+                self.hung_up.set()
+                return False
+            if time.monotonic() >= until:
+                return time.monotonic() < ends
+        return False
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
         super().__exit__(*exc)
+
+
+def fetch_threads() -> list[str]:
+    """The worker's download threads still alive (the pool's `fetch_N`, the deadline's timer)."""
+    return [thread.name for thread in threading.enumerate() if thread.name.startswith("fetch")]
+
+
+def tls_for_loopback(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context for https on 127.0.0.1 and the path of the certificate to trust for it.
+
+    The certificate is self-signed for the address 127.0.0.1, made with `cryptography` (which the
+    runpod SDK depends on); a client trusts it through REQUESTS_CA_BUNDLE, as requests reads it.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "loopback.pem", folder / "loopback.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path
 
 
 class BrokenBodyServer(_RawLoopbackServer):
@@ -379,12 +486,15 @@ def running_server(
     ready_headers: dict[str, str] | None = None,
     stop: signal.Signals = signal.SIGINT,
     start_timeout: float = 300,
+    ready_status: int | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Run `command` in the repository (output to `log_path`) until the `with` block ends.
 
-    It is ready once a GET of `ready_url` answers with success, which on the tiny weights takes
-    the models' loading; a process that exits first fails with its log's tail. Afterwards it gets
-    `stop` (the SDK's API server leaves on SIGINT, `worker.serve` on SIGTERM), then a kill.
+    It is ready once a GET of `ready_url` answers with success (with `ready_status` exactly,
+    when given: a load-balancing worker answers /ping with 204 while it starts), which on the
+    tiny weights takes the models' loading; a process that exits first fails with its log's
+    tail. Afterwards it gets `stop` (the SDK's API server leaves on SIGINT, `worker.serve` on
+    SIGTERM), then a kill.
     """
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -396,12 +506,15 @@ def running_server(
                 log_tail = log_path.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{' '.join(command[1:])} exited while starting:\n{log_tail}")
             try:
-                with urllib.request.urlopen(probe, timeout=2):
-                    break
+                with urllib.request.urlopen(probe, timeout=2) as answer:
+                    if ready_status in (None, answer.status):
+                        break
             except OSError:  # not listening yet, or an error status
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.3)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ready_url} did not answer {ready_status} within {start_timeout} s")
+            time.sleep(0.3)
         yield process
     finally:
         stop_process(process, stop)

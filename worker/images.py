@@ -4,8 +4,9 @@ In: an http(s) URL (fetched through the runpod SDK's SSRF guard, `rp_ssrf.safe_g
 pins each connection to a validated public address and re-checks every redirect), a data URI
 or plain base64. Bytes are capped before decoding, the pixel count is checked from the header
 before any pixel is decoded (decompression bombs), and the format comes from the content, not
-from a Content-Type or file name. Messages name the field and never echo a URL's path or query,
-which often carry access tokens.
+from a Content-Type or file name. All of a job's downloads share one deadline
+(`DownloadBudget`), which stops them wherever they are reading, headers or body. Messages name
+the field and never echo a URL's path or query, which often carry access tokens.
 
 Out: PNG/JPEG/WebP encoding lives in the runpod-free `worker.encoding` and is re-exported here;
 fitting a photo into the model's frame (fit "pad") lives in `core.framing`.
@@ -18,6 +19,7 @@ import io
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -49,17 +51,22 @@ INPUT_FORMATS = tuple(
 )
 _DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?)(?P<b64>;base64)?,", re.IGNORECASE)
 _CHUNK = 64 * 1024
-# How long past its deadline a job waits for a download thread stuck outside urllib3's timeouts.
+# How long past its deadline a job waits for a download thread stuck in a name lookup.
 _DEADLINE_MARGIN = 1.0
 
 
 class DownloadBudget:
-    """One deadline shared by all of a job's downloads, and a way to call them all off.
+    """One deadline shared by all of a job's downloads, enforced on their sockets.
 
-    A job is billed while it waits: however many pictures it fetches, and however they fail
-    (a host that never answers, one that drips a byte a second, a redirect chain of slow
-    hops), its downloads together end by `expires`. `cancel()` stops the body reads still
-    running, for when one picture has already failed the job.
+    A job is billed while it waits: however many pictures it fetches, and however the hosts
+    behave (one that never answers, one that drips its headers or its body a byte a second,
+    one that stalls mid-body, a redirect chain of slow hops), its downloads together end by
+    `expires`. Read timeouts cannot promise that (a drip feeds every read in time), so the
+    budget holds every connection its downloads open (`connections`) and, at the
+    deadline or on `cancel()`, shuts them down: that ends a read blocked in the headers or
+    the body at once, whichever library holds the socket and however it holds it.
+
+    Use it as a context manager: entering starts the deadline's timer, leaving stops it.
     """
 
     def __init__(self, seconds: float, connect_timeout: float) -> None:
@@ -67,36 +74,104 @@ class DownloadBudget:
         self.connect_timeout = connect_timeout
         self.expires = time.monotonic() + seconds
         self._lock = threading.Lock()
-        self._cancelled = False
-        self._wakers: set[threading.Event] = set()
+        self._stopped: str | None = None  # "deadline" or "cancelled" once the downloads are stopped
+        self._sockets: set[socket.socket] = set()
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> "DownloadBudget":
+        self._timer = threading.Timer(self.remaining(), self._stop, args=("deadline",))
+        self._timer.name, self._timer.daemon = "fetch-deadline", True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer.join()
 
     def remaining(self) -> float:
         return max(0.0, self.expires - time.monotonic())
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the downloads were stopped ("deadline" or "cancelled"), None while they may run."""
+        return self._stopped
 
     def timeout(self) -> Timeout:
         """A urllib3 timeout that every request (each redirect hop too) re-reads from the deadline."""
         return _DeadlineTimeout(self)
 
     def cancel(self) -> None:
+        """Stop the downloads still running: one picture has already failed the job."""
+        self._stop("cancelled")
+
+    def _stop(self, reason: str) -> None:
         with self._lock:
-            self._cancelled = True
-            wakers = list(self._wakers)
-        for waker in wakers:
-            waker.set()
+            if self._stopped is None:
+                self._stopped = reason
+            for sock in self._sockets:
+                # A socket still connecting refuses the shutdown (not connected), but Linux keeps
+                # it: the connection, once made, reads an end of file at once (a test pins this).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     @contextlib.contextmanager
-    def watch(self) -> Iterator[threading.Event]:
-        """An event set when the downloads are called off (at once if they already were)."""
-        waker = threading.Event()
-        with self._lock:
-            self._wakers.add(waker)
-            if self._cancelled:
-                waker.set()
+    def connections(self) -> Iterator[None]:
+        """Hold every connection this thread opens inside the block (`_on_audit`); release them after."""
+        held: list[socket.socket] = []
+        _opening.target = (self, held)
         try:
-            yield waker
+            yield
         finally:
-            with self._lock:
-                self._wakers.discard(waker)
+            _opening.target = None
+            self._release(held)
+
+    def _hold(self, sock: socket.socket) -> socket.socket:
+        """Keep a handle on a connection a download is opening, or refuse it once stopped.
+
+        The handle is a duplicate: TLS wraps the connection in a new socket object and detaches
+        the original, but a shutdown acts on the connection, whichever descriptor names it. The
+        duplicate keeps the connection open until the download releases it, at its end.
+        """
+        with self._lock:
+            if self._stopped is not None:
+                raise ConnectionAbortedError("the job's downloads were stopped")
+            held = sock.dup()
+            self._sockets.add(held)
+            return held
+
+    def _release(self, held: list[socket.socket]) -> None:
+        # Under the lock: a shutdown must never reach a descriptor number closed and reused meanwhile.
+        with self._lock:
+            for sock in held:
+                self._sockets.discard(sock)
+                sock.close()
+
+
+# The budget and handle list of the download running in each thread (see `_on_audit`).
+_opening = threading.local()
+
+
+def _on_audit(event: str, args: tuple) -> None:
+    """Hand each connection a download opens to its budget (a `sys.addaudithook` hook).
+
+    Python raises the audit event "socket.connect" in the thread that connects, for every
+    connection of every library: requests and urllib3 connect in the thread that calls them,
+    for each redirect hop and each address `safe_get` tries, before any TLS wrapping. There
+    a download's sockets are reachable however urllib3 hands them on afterwards: a response
+    that closes its connection (HTTP/1.0, `Connection: close`, a body read until the host
+    hangs up) takes the socket out of urllib3's connection object, where nothing can reach it.
+    The hook runs for every audited event of the process (a few hundred per job), so it
+    returns at once for all but this one.
+    """
+    if event == "socket.connect":
+        target = getattr(_opening, "target", None)
+        if target is not None:
+            budget, held = target
+            held.append(budget._hold(args[0]))
+
+
+sys.addaudithook(_on_audit)
 
 
 class _DeadlineTimeout(Timeout):
@@ -130,12 +205,17 @@ def read_images(refs: Sequence[ImageRef], settings: Settings) -> list[Image.Imag
 
     The first failure (in the order of `refs`, among those that have failed by then) ends
     the wait and calls the other downloads off, so a job never waits for a picture it can
-    no longer use. Threads that are still connecting when the job gives up end by the
-    deadline on their own (their timeouts come from it).
+    no longer use.
     """
-    budget = DownloadBudget(settings.download_timeout, settings.download_connect_timeout)
-    if sum(ref.kind == "url" for ref in refs) < 2:
-        return [read_image(ref, settings, budget) for ref in refs]
+    with DownloadBudget(settings.download_timeout, settings.download_connect_timeout) as budget:
+        if sum(ref.kind == "url" for ref in refs) < 2:
+            return [read_image(ref, settings, budget) for ref in refs]
+        return _read_concurrently(refs, settings, budget)
+
+
+def _read_concurrently(
+    refs: Sequence[ImageRef], settings: Settings, budget: DownloadBudget
+) -> list[Image.Image]:
     pool = ThreadPoolExecutor(max_workers=len(refs), thread_name_prefix="fetch")
     futures = []
     try:
@@ -155,116 +235,86 @@ def read_images(refs: Sequence[ImageRef], settings: Settings) -> list[Image.Imag
         return [future.result() for future in futures]
     finally:
         budget.cancel()
-        # Join the threads when they are done (so none outlives the job), never wait for one
-        # that is still connecting: it ends by the deadline on its own.
+        # Stopped downloads end at once, and their threads are joined so that none outlives the
+        # job; only one in a name lookup (getaddrinfo cannot be interrupted) is left to end on
+        # its own: its connection is refused once it has an address.
+        wait(futures, timeout=_DEADLINE_MARGIN)
         pool.shutdown(wait=all(future.done() for future in futures), cancel_futures=True)
+
+
+class _Stopped(Exception):
+    """The download was stopped (deadline or cancel) however its read ended."""
 
 
 def fetch_url(ref: ImageRef, settings: Settings, budget: DownloadBudget | None = None) -> bytes:
     """Download `ref.value` within `budget` (a fresh one when alone), capped, few redirects.
 
-    The read timeout only bounds the wait for each piece of data, so a server that drips a
-    byte every few seconds would hold the worker until RunPod's job timeout: a watchdog cuts
-    the body off at the budget's deadline. Errors name the field, never the URL's path.
+    The budget's deadline (or its cancel) stops the download wherever it is; errors name the
+    field, never the URL's path.
     """
+    if budget is None:
+        with DownloadBudget(settings.download_timeout, settings.download_connect_timeout) as own:
+            return fetch_url(ref, settings, own)
     field = ref.field
     problem = url_problem(ref.value)
     if problem:
         raise InputError(f"{field}: not a valid URL ({problem})")
     host = url_host(ref.value) or "no host"
-    if budget is None:
-        budget = DownloadBudget(settings.download_timeout, settings.download_connect_timeout)
     try:
-        response = safe_get(
-            ref.value,
-            timeout=budget.timeout(),
-            max_bytes=settings.max_input_bytes,
-            max_redirects=settings.download_max_redirects,
-        )
-        with response:
-            if response.status_code != 200:
-                raise InputError(f"{field}: the URL on {host} answered HTTP {response.status_code}")
-            return _read_body(response, budget, settings.max_input_bytes)
-    except SSRFError as error:
-        raise InputError(f"{field}: {_ssrf_reason(str(error), host, settings)}") from None
-    except requests.Timeout:
-        raise InputError(_timed_out(field, host, budget.seconds)) from None
-    except _Cancelled:
-        raise InputError(f"{field}: the download from {host} was stopped (another picture failed)") from None
-    except requests.exceptions.ChunkedEncodingError:
+        with budget.connections():
+            response = safe_get(
+                ref.value,
+                timeout=budget.timeout(),
+                max_bytes=settings.max_input_bytes,
+                max_redirects=settings.download_max_redirects,
+            )
+            with response:
+                if response.status_code != 200:
+                    raise InputError(f"{field}: the URL on {host} answered HTTP {response.status_code}")
+                data = b"".join(iter_content_capped(response, _CHUNK, settings.max_input_bytes))
+        if budget.stopped is not None:
+            # A stopped read may end without an error: a body (or headers) read until the host
+            # closes ends at the shutdown as if the host had closed. What arrived is not the file.
+            raise _Stopped()
+        return data
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(f"{field}: {_download_failure(error, budget, host, settings)}") from None
+
+
+def _download_failure(error: Exception, budget: DownloadBudget, host: str, settings: Settings) -> str:
+    """The sentence (after the field) for a failed download; whatever a stopped read raised, the
+    reason is the stop. Never the URL: its path and query often carry access tokens."""
+    if budget.stopped == "cancelled":
+        return f"the download from {host} was stopped (another picture failed)"
+    # requests reports a read timeout inside the body as a ConnectionError.
+    read_timeout = isinstance(error, requests.ConnectionError) and any(
+        isinstance(arg, ReadTimeoutError) for arg in error.args
+    )
+    if budget.stopped == "deadline" or read_timeout or isinstance(error, requests.Timeout):
+        return _timed_out_reason(host, budget.seconds)
+    if isinstance(error, SSRFError):
+        return _ssrf_reason(str(error), host, settings)
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
         # urllib3 checks the body against its Content-Length: the host hung up part-way.
-        raise InputError(
-            f"{field}: the host {host} closed the connection before the whole file arrived"
-        ) from None
-    except requests.ConnectionError:
-        raise InputError(f"{field}: could not connect to {host}") from None
-    except requests.RequestException as error:
-        raise InputError(f"{field}: the download from {host} failed ({type(error).__name__})") from None
-    except ValueError:
-        # The URL itself was checked above, so this is a redirect's Location (never echoed).
-        raise InputError(f"{field}: not a valid URL (a redirect from {host} cannot be parsed)") from None
+        return f"the host {host} closed the connection before the whole file arrived"
+    if isinstance(error, requests.ConnectionError):
+        return f"could not connect to {host}"
+    if isinstance(error, requests.RequestException):
+        return f"the download from {host} failed ({type(error).__name__})"
+    if isinstance(error, ValueError):
+        # The URL itself was checked before, so this is a redirect's Location (never echoed).
+        return f"not a valid URL (a redirect from {host} cannot be parsed)"
+    raise error
+
+
+def _timed_out_reason(host: str, seconds: float) -> str:
+    return f"the download from {host} timed out (limit {seconds:g} s for the job's downloads)"
 
 
 def _timed_out(field: str, host: str, seconds: float) -> str:
-    return f"{field}: the download from {host} timed out (limit {seconds:g} s for the job's downloads)"
-
-
-class _Cancelled(Exception):
-    """The job called its downloads off while this one was reading."""
-
-
-def _read_body(response: requests.Response, budget: DownloadBudget, max_bytes: int) -> bytes:
-    """Read the capped body, giving up at the deadline (or on cancel) even while a read is blocked.
-
-    Raises `requests.Timeout` when the deadline passes (whatever the aborted read raised) or a
-    read timed out, `_Cancelled` when the job called its downloads off.
-    """
-    if budget.remaining() <= 0:
-        raise requests.Timeout()
-    finished, fired = threading.Event(), threading.Event()
-
-    with budget.watch() as called_off:
-
-        def watchdog() -> None:
-            called_off.wait(budget.remaining())
-            if not finished.is_set():
-                fired.set()
-                _abort_response(response)
-
-        guard = threading.Thread(target=watchdog, name="fetch-watchdog", daemon=True)
-        guard.start()
-        try:
-            return b"".join(iter_content_capped(response, _CHUNK, max_bytes))
-        except Exception as error:
-            # requests reports a read timeout inside the body as a ConnectionError.
-            read_timeout = isinstance(error, requests.ConnectionError) and any(
-                isinstance(arg, ReadTimeoutError) for arg in error.args
-            )
-            if fired.is_set() and budget.remaining() > 0:
-                raise _Cancelled() from None
-            if fired.is_set() or read_timeout:
-                raise requests.Timeout() from None
-            raise
-        finally:
-            finished.set()
-            called_off.set()  # wakes the watchdog, which then sees `finished` and leaves
-            guard.join()
-
-
-def _abort_response(response: requests.Response) -> None:
-    """Stop a download from another thread.
-
-    `response.close()` alone does not wake a thread blocked in `recv` (nor, measured, stop one
-    that keeps receiving), so the socket is shut down first: that ends the blocked read at once.
-    The socket is reached through urllib3's connection; if a future version hides it, closing
-    still ends the download at the next byte or read timeout.
-    """
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(Exception):
-        response.close()
+    return f"{field}: {_timed_out_reason(host, seconds)}"
 
 
 def _ssrf_reason(message: str, host: str, settings: Settings) -> str:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import runpod
@@ -91,12 +92,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
 
     with _stage(timings, "validate"):
         photos = house_model_photos(settings.model_images_dir)
-        request = parse_request(
-            job.get("input"),
-            person_count=len(photos),
-            loaded_model_types=runtime.model_types,
-            extra_resolutions=settings.extra_resolutions,
-        )
+        request = validate(job.get("input"), runtime, settings, photos)
     log.info("job %s: %s", job_id, _summary(request))
 
     with _stage(timings, "fetch"):
@@ -151,6 +147,21 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     _check_size(result, settings, warnings)
     log.info("job %s done in %.2f s: %s", job_id, timings["total"], result["timings"])
     return result
+
+
+def validate(
+    raw: Any, runtime: Runtime, settings: Settings, photos: list[Path] | None = None
+) -> TryOnRequest:
+    """The job's input as a request, or `InputError`: every check that needs no picture and no
+    GPU (the load-balancing endpoint runs it before a request waits for the GPU)."""
+    if photos is None:
+        photos = house_model_photos(settings.model_images_dir)
+    return parse_request(
+        raw,
+        person_count=len(photos),
+        loaded_model_types=runtime.model_types,
+        extra_resolutions=settings.extra_resolutions,
+    )
 
 
 def _load_pictures(

@@ -11,14 +11,16 @@ It is a stand-in for the platform on one machine, for development and CI, not a 
 queue: jobs are held in memory and lost on exit, there is one worker and no scaling (on
 RunPod that is the platform's job). It listens on 127.0.0.1 unless told otherwise; set
 `LOCAL_API_KEY` to require `Authorization: Bearer <key>` (as RunPod does) before binding to
-anything else.
+anything else. The playground page (`worker.playground`) is at `/`.
+
+`--lb` serves the other endpoint form instead, a RunPod load-balancing endpoint (`worker.lb`):
+what the image runs with `WORKER_MODE=lb`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import ipaddress
 import json
 import logging
@@ -30,11 +32,13 @@ from functools import partial
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from worker.config import MB, Settings
+from worker.httpapi import ApiError, install_error_handlers, key_check, read_body
 from worker.job import ProgressSink, handle
 from worker.jobqueue import FINAL, IN_QUEUE, JobQueue
+from worker.lb import LbSettings, serve_lb
+from worker.playground import install_playground
 from worker.runtime import Runtime
 from worker.startup import StartupError, start
 from worker.webhook import deliver, webhook_problem
@@ -50,14 +54,8 @@ RUNSYNC_WAIT_RANGE_MS = (1_000, 300_000)
 DEFAULT_RESULT_TTL = 1800.0
 # What a request body may carry besides `input`, as RunPod takes it.
 REQUEST_FIELDS = ("input", "s3Config", "webhook", "policy")
-
-
-class ApiError(Exception):
-    """An HTTP error answered as RunPod does: `{"error": "<sentence>"}` with the status code."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+# The endpoint id the playground page runs its jobs under (any id works; this one names them).
+PLAYGROUND_ENDPOINT = "playground"
 
 
 @dataclass(frozen=True)
@@ -86,23 +84,12 @@ def start_runtime(settings: Settings) -> Runtime:
     return start(settings)
 
 
-def create_app(queue: JobQueue, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app serving RunPod's endpoint routes over `queue` (any endpoint id)."""
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given[:7].lower() == "bearer " else given  # RunPod takes both forms
-        if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <LOCAL_API_KEY>)")
-
+def create_app(queue: JobQueue, settings: Settings, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app serving RunPod's endpoint routes over `queue` (any endpoint id), and the
+    playground at `/`, which runs its jobs through them as endpoint `PLAYGROUND_ENDPOINT`."""
     app = FastAPI(title="ootd-worker local endpoint", description=__doc__.split("\n\n")[0])
-    router = APIRouter(prefix="/v2/{endpoint_id}", dependencies=[Depends(authorize)])
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+    install_error_handlers(app)
+    router = APIRouter(prefix="/v2/{endpoint_id}", dependencies=[Depends(key_check(api_key))])
 
     @router.post("/run")
     async def run(request: Request) -> dict:
@@ -140,19 +127,15 @@ def create_app(queue: JobQueue, api_key: str | None = None) -> FastAPI:
         return {"removed": queue.purge(), "status": "completed"}
 
     app.include_router(router)
+    base = f"/v2/{PLAYGROUND_ENDPOINT}"
+    routes = {name: f"{base}/{name}" for name in ("run", "stream", "status", "cancel")}
+    install_playground(app, mode="queue", routes=routes, settings=settings, api_key=api_key)
     return app
 
 
 async def _job_request(request: Request, limit: int) -> dict:
     """The request body as RunPod takes it: a JSON object with an `input` object."""
-    chunks, size = [], 0
-    async for chunk in request.stream():  # drained to the end, so the client can read the answer
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-    if size > limit:
-        raise ApiError(413, f"the request body is {size / MB:.1f} MB, over the {limit / MB:g} MB allowed")
-    body = b"".join(chunks)
+    body = await read_body(request, limit)
     try:
         data = json.loads(body)
     except ValueError:
@@ -207,34 +190,54 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--lb", action="store_true",
+        help="serve a RunPod load-balancing endpoint (GET /ping, POST /tryon) instead of the queue API",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
         settings = Settings.from_env()
         serve_settings = ServeSettings.from_env()
+        lb_settings = LbSettings.from_env() if args.lb else None
+    except ValueError as error:
+        log.error("cannot start: %s", error)
+        return 1
+    if serve_settings.api_key is None and not _is_loopback(args.host):
+        log.warning(
+            "listening on %s without LOCAL_API_KEY: anyone who can reach it can run jobs "
+            "(on a RunPod load-balancing endpoint, RunPod's own API key guards it)",
+            args.host,
+        )
+    if lb_settings is not None:
+        return serve_lb(args.host, args.port, settings, serve_settings.api_key, lb_settings)
+    try:
         runtime = start_runtime(settings)
-    except (StartupError, ValueError) as error:
+    except StartupError as error:
         log.error("cannot start: %s", error)
         return 1
     queue = JobQueue(
         _job_function(runtime, settings), result_ttl=serve_settings.result_ttl, on_finished=_send_webhook
     )
     queue.start()
-    if serve_settings.api_key is None and not _is_loopback(args.host):
-        log.warning("listening on %s without LOCAL_API_KEY: anyone who can reach it can run jobs", args.host)
     log.info(
-        "serving RunPod's endpoint API on http://%s:%d/v2/<endpoint id>/ (API key %s, results kept %g s)",
+        "serving RunPod's endpoint API on http://%s:%d/v2/<endpoint id>/ and the playground at / "
+        "(API key %s, results kept %g s)",
         args.host,
         args.port,
         "required" if serve_settings.api_key else "not required",
         serve_settings.result_ttl,
     )
-    app = create_app(queue, serve_settings.api_key)
+    app = create_app(queue, settings, serve_settings.api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level=os.environ.get("UVICORN_LOG_LEVEL", "info"))
     return 0
 

@@ -1,0 +1,646 @@
+// The playground's script: no framework, no build step, nothing from another site.
+//
+// The form's controls are named after the API's fields. `collect` reads each by its kind
+// (radio group, checkbox, number, text/select, or an image field: a file or a URL) and keeps it
+// only when it differs from its default: the schema's default from /playground/config, else the
+// value the page was written with. So a field the API learns later (output_size, composite) is
+// sent only once someone changes it, and adding a field is adding a control.
+//
+// Jobs go through the routes a client uses: on the local queue endpoint POST .../run, then
+// .../stream (progress updates, each once) until the job ends, then .../status; on a
+// load-balancing endpoint one POST /tryon, which answers when the job is done.
+"use strict";
+
+const KEY_STORAGE = "ootd-worker.api-key";
+const POLL_MS = 400;
+const FINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]);
+const STATES = {
+  IN_QUEUE: "In the queue",
+  IN_PROGRESS: "Running",
+  COMPLETED: "Done",
+  FAILED: "Failed",
+  CANCELLED: "Cancelled",
+  TIMED_OUT: "Timed out",
+};
+const LABELS = { auto: "auto (detect)", hd: "HD (upper body)", dc: "DC (upper, lower, dress)" };
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
+const form = $("#tryon");
+
+const state = {
+  config: null,
+  defaults: new Map(),
+  images: {},          // field -> {value: data URI, url: object URL for showing it}
+  houseImages: new Map(), // person_index -> object URL of the full photo
+  pasteTarget: "garment",
+  busy: false,
+  job: null,           // {id} on the queue endpoint, {abort} on the load-balancing one
+  started: 0,
+  timer: 0,
+  lastStatus: "",
+};
+
+// ---------------------------------------------------------------- start
+
+async function init() {
+  try {
+    const response = await fetch("/playground/config");
+    state.config = await response.json();
+  } catch (error) {
+    showError(`cannot reach the worker: ${error.message}`);
+    return;
+  }
+  describeEndpoint();
+  setupKey();
+  fillChoices();
+  setDefaults();
+  setupImages();
+  form.addEventListener("submit", onSubmit);
+  form.addEventListener("input", showRequest);
+  form.addEventListener("change", showRequest);
+  $("#cancel").addEventListener("click", onCancel);
+  $("#results").addEventListener("input", onSlider);
+  $("#summary").addEventListener("click", onUseSeed);
+  for (const button of $$("[data-clear]")) {
+    button.addEventListener("click", () => clearImage(button.dataset.clear));
+  }
+  await loadHouseModels();
+  showRequest();
+}
+
+function describeEndpoint() {
+  const { mode, routes } = state.config;
+  $("#endpoint").textContent = mode === "lb"
+    ? `load-balancing endpoint: POST ${routes.tryon}`
+    : `queue endpoint: POST ${routes.run}`;
+}
+
+function setupKey() {
+  if (!state.config.key_required) return;
+  const box = $("#key-box");
+  const input = $("#api-key");
+  box.hidden = false;
+  input.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  input.addEventListener("change", () => {
+    sessionStorage.setItem(KEY_STORAGE, input.value.trim());
+    setFieldError("api-key", "");
+    loadHouseModels();
+  });
+}
+
+function authHeaders(extra = {}) {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+// ---------------------------------------------------------------- fields
+
+function fieldNames() {
+  return [...new Set($$("[name]", form).map((control) => control.name))];
+}
+
+function isImageField(name) {
+  return Boolean($(`[data-image="${name}"]`, form));
+}
+
+function fillChoices() {
+  const choices = state.config.fields.choices;
+  for (const select of $$("select[name]", form)) {
+    const values = choices[select.name];
+    if (!values) continue; // a field the schema does not list: the page's own options
+    select.replaceChildren(...values.map((value) => new Option(LABELS[value] || value.replaceAll("_", " "), value)));
+  }
+}
+
+function setDefaults() {
+  const { defaults, ranges } = state.config.fields;
+  for (const name of fieldNames()) {
+    if (isImageField(name)) continue;
+    const controls = $$(`[name="${name}"]`, form);
+    const control = controls[0];
+    if (control.type === "radio") continue;
+    const range = ranges[name];
+    if (range && control.type === "number") {
+      control.min = String(range[0]);
+      control.max = String(range[1]);
+    }
+    if (name in defaults) writeControl(control, defaults[name]);
+    const value = readField(name);
+    if (value !== undefined) state.defaults.set(name, value);
+  }
+}
+
+function writeControl(control, value) {
+  if (control.type === "checkbox") control.checked = Boolean(value);
+  else control.value = String(value);
+}
+
+// The value of one field as the API takes it, or undefined when it is not set.
+function readField(name) {
+  if (isImageField(name)) {
+    const chosen = state.images[name];
+    if (chosen) return chosen.value;
+    const url = $(`input[type="text"][name="${name}"]`, form).value.trim();
+    return url || undefined;
+  }
+  const controls = $$(`[name="${name}"]`, form);
+  const control = controls[0];
+  if (control.type === "radio") {
+    const checked = controls.find((radio) => radio.checked);
+    return checked ? Number(checked.value) : undefined;
+  }
+  if (control.type === "checkbox") return control.checked;
+  if (control.type === "number") return number(control.value);
+  return control.value === "" ? undefined : control.value;
+}
+
+// A number input's value; an integer too large for a JS number keeps all its digits.
+function number(text) {
+  const trimmed = text.trim();
+  if (trimmed === "") return undefined;
+  const value = Number(trimmed);
+  if (/^-?\d+$/.test(trimmed) && !Number.isSafeInteger(value) && JSON.rawJSON) return JSON.rawJSON(trimmed);
+  return value;
+}
+
+function same(a, b) {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+// The job's input: every field that is set and differs from its default.
+function collect() {
+  const input = {};
+  for (const name of fieldNames()) {
+    const value = readField(name);
+    if (value === undefined) continue;
+    if (state.defaults.has(name) && same(value, state.defaults.get(name))) continue;
+    input[name] = value;
+  }
+  return input;
+}
+
+function showRequest() {
+  const { mode, routes } = state.config;
+  const route = mode === "lb" ? routes.tryon : routes.run;
+  const shown = JSON.stringify({ input: collect() }, (key, value) =>
+    typeof value === "string" && value.startsWith("data:") && value.length > 80
+      ? `${value.slice(0, value.indexOf(",") + 1)}… (${value.length} characters)`
+      : value, 2);
+  $("#request").textContent = `POST ${route}\n${shown}`;
+}
+
+// ---------------------------------------------------------------- pictures
+
+function setupImages() {
+  for (const zone of $$("[data-image]", form)) {
+    const name = zone.dataset.image;
+    const file = $('input[type="file"]', zone);
+    file.addEventListener("change", () => {
+      if (file.files[0]) setImageFile(name, file.files[0]);
+    });
+    zone.addEventListener("focus", () => { state.pasteTarget = name; });
+    zone.addEventListener("pointerenter", () => { state.pasteTarget = name; });
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("over");
+      const dropped = [...event.dataTransfer.files].find((item) => item.type.startsWith("image/"));
+      if (dropped) return setImageFile(name, dropped);
+      const url = (event.dataTransfer.getData("text/uri-list") || event.dataTransfer.getData("text/plain")).trim();
+      if (url) setImageUrl(name, url.split("\n")[0]);
+    });
+    const text = $(`input[type="text"][name="${name}"]`, form);
+    text.addEventListener("input", () => {
+      delete state.images[name];
+      file.value = "";
+      const url = text.value.trim();
+      preview(name, /^https?:\/\//i.test(url) ? url : null);
+      if (name === "person" && url) uncheckHouseModels();
+    });
+  }
+  document.addEventListener("paste", onPaste);
+}
+
+function onPaste(event) {
+  const file = [...(event.clipboardData?.files || [])].find((item) => item.type.startsWith("image/"));
+  if (!file) return; // text goes where the caret is
+  event.preventDefault();
+  setImageFile(state.pasteTarget, file);
+}
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function setImageFile(name, file) {
+  const value = await readAsDataUrl(file);
+  const old = state.images[name];
+  if (old) URL.revokeObjectURL(old.url);
+  state.images[name] = { value, url: URL.createObjectURL(file) };
+  $(`input[type="text"][name="${name}"]`, form).value = "";
+  preview(name, state.images[name].url);
+  if (name === "person") uncheckHouseModels();
+  setFieldError(name, "");
+  showRequest();
+}
+
+function setImageUrl(name, url) {
+  const text = $(`input[type="text"][name="${name}"]`, form);
+  text.value = url;
+  text.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
+function clearImage(name) {
+  const old = state.images[name];
+  if (old) URL.revokeObjectURL(old.url);
+  delete state.images[name];
+  $(`input[type="file"][name="${name}"]`, form).value = "";
+  $(`input[type="text"][name="${name}"]`, form).value = "";
+  preview(name, null);
+  showRequest();
+}
+
+function preview(name, url) {
+  const image = $(`[data-image="${name}"] .preview`, form);
+  image.hidden = !url;
+  if (url) image.src = url;
+  else image.removeAttribute("src");
+}
+
+function uncheckHouseModels() {
+  for (const radio of $$('input[name="person_index"]', form)) radio.checked = false;
+}
+
+async function fetchBlobUrl(url) {
+  const response = await fetch(url, { headers: authHeaders() });
+  if (!response.ok) throw new Error((await readJson(response)).error || `HTTP ${response.status}`);
+  return URL.createObjectURL(await response.blob());
+}
+
+async function loadHouseModels() {
+  const box = $("#house-models");
+  box.replaceChildren();
+  setFieldError("person_index", "");
+  if (state.config.key_required && !sessionStorage.getItem(KEY_STORAGE)) {
+    box.textContent = "Enter the API key to see the house models.";
+    return;
+  }
+  const response = await fetch(state.config.house_models, { headers: authHeaders() });
+  const body = await readJson(response);
+  if (!response.ok) {
+    setFieldError("person_index", body.error || `HTTP ${response.status}`);
+    return;
+  }
+  if (!body.models.length) {
+    box.textContent = "This worker has no house model photos (MODEL_IMAGES_DIR).";
+    return;
+  }
+  for (const model of body.models) {
+    const label = document.createElement("label");
+    label.className = "thumb";
+    const radio = document.createElement("input");
+    radio.type = "radio";
+    radio.name = "person_index";
+    radio.value = String(model.index);
+    radio.checked = model.index === 0 && !readField("person");
+    radio.addEventListener("change", () => {
+      clearImage("person");
+      showRequest();
+    });
+    const image = document.createElement("img");
+    image.alt = `House model ${model.index}: ${model.name}`;
+    const caption = document.createElement("span");
+    caption.textContent = `${model.index} · ${model.name}`;
+    label.append(radio, image, caption);
+    box.append(label);
+    fetchBlobUrl(model.thumbnail).then((url) => { image.src = url; }, () => {});
+  }
+}
+
+// The photo the results are compared with: the house model, the caller's file or URL.
+async function beforeImage(input) {
+  if (input.person_index !== undefined) {
+    const index = input.person_index;
+    if (!state.houseImages.has(index)) {
+      try {
+        state.houseImages.set(index, await fetchBlobUrl(`${state.config.house_models}/${index}/image`));
+      } catch {
+        return null;
+      }
+    }
+    return state.houseImages.get(index);
+  }
+  if (state.images.person) return state.images.person.url;
+  return /^(https?:\/\/|data:image\/)/i.test(input.person || "") ? input.person : null;
+}
+
+// ---------------------------------------------------------------- running a job
+
+function requestBody(input) {
+  return JSON.stringify({ input });
+}
+
+// JSON of a response; a seed keeps all its digits (it may be beyond a JS number's precision).
+async function readJson(response) {
+  const text = await response.text();
+  try {
+    return JSON.parse(text, (key, value, context) =>
+      key === "seed" && typeof value === "number" && !Number.isSafeInteger(value) && context?.source
+        ? context.source : value);
+  } catch {
+    return { error: `HTTP ${response.status}: ${text.slice(0, 200) || response.statusText}` };
+  }
+}
+
+async function call(url, options = {}) {
+  const response = await fetch(url, { ...options, headers: authHeaders(options.headers || {}) });
+  return { status: response.status, headers: response.headers, body: await readJson(response) };
+}
+
+async function onSubmit(event) {
+  event.preventDefault();
+  if (state.busy) return;
+  clearOutput();
+  const input = collect();
+  const before = await beforeImage(input);
+  setBusy(true);
+  try {
+    if (state.config.mode === "lb") await runOnLoadBalancer(input, before);
+    else await runOnQueue(input, before);
+  } catch (error) {
+    if (error.name === "AbortError") setStatus("Cancelled");
+    else showError(`the request failed: ${error.message}`);
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function runOnQueue(input, before) {
+  const { routes } = state.config;
+  const json = { "Content-Type": "application/json" };
+  const submitted = await call(routes.run, { method: "POST", headers: json, body: requestBody(input) });
+  if (submitted.status !== 200) return showError(submitted.body.error || `HTTP ${submitted.status}`);
+  const id = submitted.body.id;
+  state.job = { id };
+  setStatus(STATES[submitted.body.status] || submitted.body.status);
+  for (;;) {
+    await sleep(POLL_MS);
+    const polled = await call(`${routes.stream}/${id}`);
+    if (polled.status !== 200) return showError(polled.body.error || `HTTP ${polled.status}`);
+    for (const chunk of polled.body.stream || []) {
+      if (isProgress(chunk.output)) showProgress(chunk.output);
+    }
+    if (FINAL.has(polled.body.status)) break;
+    if (polled.body.status === "IN_QUEUE" || !state.lastStatus.includes("step")) {
+      setStatus(STATES[polled.body.status] || polled.body.status);
+    }
+  }
+  const final = await call(`${routes.status}/${id}`);
+  const view = final.body;
+  setStatus(STATES[view.status] || view.status);
+  if (view.status === "COMPLETED") render(view.output, before, view.executionTime);
+  else if (view.error) showError(errorSentence(view.error));
+}
+
+async function runOnLoadBalancer(input, before) {
+  const abort = new AbortController();
+  state.job = { abort };
+  setStatus("Waiting for the GPU, then running (this endpoint form reports no steps)");
+  const answer = await call(state.config.routes.tryon, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: requestBody(input),
+    signal: abort.signal,
+  });
+  if (answer.status === 200) {
+    setStatus("Done");
+    render(answer.body, before, null);
+    return;
+  }
+  setStatus("Failed");
+  const retry = answer.headers.get("Retry-After");
+  const message = answer.body.error || `HTTP ${answer.status}`;
+  showError(retry ? `${message} (Retry-After: ${retry} s)` : message);
+}
+
+async function onCancel() {
+  const job = state.job;
+  if (!job) return;
+  if (job.abort) job.abort.abort();
+  else await call(`${state.config.routes.cancel}/${job.id}`, { method: "POST" });
+}
+
+function isProgress(output) {
+  return output && typeof output === "object" && "stage" in output && !("images" in output);
+}
+
+// The error of a failed job: the worker's sentence, or the message inside a crash report.
+function errorSentence(error) {
+  try {
+    const report = JSON.parse(error);
+    if (report && report.error_message) return report.error_message;
+  } catch { /* a sentence already */ }
+  return String(error);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---------------------------------------------------------------- progress
+
+function setBusy(busy) {
+  state.busy = busy;
+  $("#submit").disabled = busy;
+  $("#cancel").hidden = !busy;
+  $("#progress").classList.toggle("running", busy);
+  clearInterval(state.timer);
+  if (busy) {
+    $("#progress").hidden = false;
+    $("#placeholder").hidden = true;
+    state.started = performance.now();
+    state.timer = setInterval(tick, 250);
+  } else {
+    state.job = null;
+  }
+  tick();
+}
+
+function tick() {
+  $("#elapsed").textContent = `${((performance.now() - state.started) / 1000).toFixed(1)} s`;
+}
+
+function setStatus(text) {
+  if (text === state.lastStatus) return;
+  state.lastStatus = text;
+  $("#status-text").textContent = text;
+  const item = document.createElement("li");
+  item.textContent = `${((performance.now() - state.started) / 1000).toFixed(1)} s  ${text}`;
+  $("#log").append(item);
+}
+
+function showProgress(update) {
+  const { stage, step, steps } = update;
+  if (step !== undefined && steps) {
+    $("#progress-bar").max = steps;
+    $("#progress-bar").value = step;
+    setStatus(`${stage}: step ${step} of ${steps}`);
+  } else {
+    setStatus(String(stage));
+  }
+}
+
+// ---------------------------------------------------------------- results
+
+function imageSource(entry) {
+  return entry.url || `data:${entry.content_type};base64,${entry.base64}`;
+}
+
+function extension(entry) {
+  return ({ "image/jpeg": "jpg", "image/webp": "webp" })[entry.content_type] || "png";
+}
+
+function render(output, before, executionTime) {
+  // A finished job fills the bar (the worker reports no update on the last step).
+  $("#progress-bar").value = $("#progress-bar").max;
+  const summary = $("#summary");
+  const parts = [`seed ${output.seed}`, `${output.model_type} · ${String(output.category).replaceAll("_", " ")}`];
+  if (executionTime) parts.push(`${(executionTime / 1000).toFixed(1)} s`);
+  else if (output.timings?.total) parts.push(`${output.timings.total.toFixed(1)} s`);
+  const text = document.createElement("span");
+  text.className = "seed";
+  text.textContent = parts.join(" · ");
+  const reuse = document.createElement("button");
+  reuse.type = "button";
+  reuse.className = "quiet";
+  reuse.dataset.seed = String(output.seed);
+  reuse.textContent = "Use this seed";
+  summary.replaceChildren(text, reuse);
+  if (output.category_scores) {
+    const scores = Object.entries(output.category_scores)
+      .map(([name, score]) => `${name.replaceAll("_", " ")} ${(score * 100).toFixed(0)} %`).join(", ");
+    summary.append(paragraph(`category found: ${scores}`));
+  }
+  for (const warning of output.warnings || []) summary.append(paragraph(warning, "warning"));
+
+  const results = $("#results");
+  output.images.forEach((entry, index) => {
+    results.append(figure(entry, `Result ${index + 1}`, `tryon-seed${output.seed}-${index + 1}`, before));
+  });
+  if (output.mask) results.append(figure(output.mask, "Mask", `mask-seed${output.seed}`, null));
+  if (output.garment) results.append(figure(output.garment, "Garment as the model saw it", "garment", null));
+}
+
+function figure(entry, caption, filename, before) {
+  const box = document.createElement("figure");
+  const frame = document.createElement("div");
+  frame.className = "compare";
+  const image = document.createElement("img");
+  image.src = imageSource(entry);
+  image.alt = caption;
+  frame.append(image);
+  box.append(frame);
+  if (before) {
+    frame.classList.add("with-before");
+    frame.style.backgroundImage = `url("${before.replaceAll('"', "%22")}")`;
+    frame.style.setProperty("--cut", "50%");
+    const slider = document.createElement("input");
+    slider.type = "range";
+    slider.min = "0";
+    slider.max = "100";
+    slider.value = "50";
+    slider.className = "slider";
+    slider.setAttribute("aria-label", `${caption}: before / after`);
+    box.append(slider);
+  }
+  const text = document.createElement("figcaption");
+  const link = document.createElement("a");
+  link.href = image.src;
+  link.download = `${filename}.${extension(entry)}`;
+  link.textContent = "Download";
+  text.append(`${caption} · `, link);
+  box.append(text);
+  return box;
+}
+
+function paragraph(text, className = "") {
+  const element = document.createElement("p");
+  element.textContent = text;
+  if (className) element.className = className;
+  return element;
+}
+
+function onSlider(event) {
+  if (!event.target.classList.contains("slider")) return;
+  const frame = event.target.closest("figure").querySelector(".compare");
+  frame.style.setProperty("--cut", `${event.target.value}%`);
+}
+
+function onUseSeed(event) {
+  const seed = event.target.dataset?.seed;
+  if (seed === undefined) return;
+  $('input[name="seed"]', form).value = seed;
+  showRequest();
+}
+
+// ---------------------------------------------------------------- errors
+
+function clearOutput() {
+  showError("");
+  $("#results").replaceChildren();
+  $("#summary").replaceChildren();
+  $("#log").replaceChildren();
+  $("#progress-bar").value = 0;
+  state.lastStatus = "";
+}
+
+// The worker's sentence in the alert, and each problem beside the field it names.
+function showError(message) {
+  $("#error").textContent = message;
+  for (const note of $$("[data-error-for]")) setFieldError(note.dataset.errorFor, "");
+  if (!message) return;
+  for (const [name, problem] of fieldProblems(message)) setFieldError(name, problem);
+}
+
+// An input error lists its problems ("invalid input: a; b"), each naming its field first or in
+// quotes; any other error names at most one field, as its first word ("person: the URL ...").
+function fieldProblems(message) {
+  const names = new Set([...fieldNames(), "api-key"]);
+  const listed = /^invalid input:\s*/.test(message);
+  const problems = listed ? message.replace(/^invalid input:\s*/, "").split(/;\s+/) : [message];
+  const found = new Map();
+  for (const problem of problems) {
+    const name = namedField(problem, names, listed);
+    if (name) found.set(name, found.has(name) ? `${found.get(name)}; ${problem}` : problem);
+  }
+  return found;
+}
+
+function namedField(problem, names, listed) {
+  if (/API key/.test(problem)) return "api-key";
+  const first = problem.match(/^([a-z_]+)\b/);
+  if (first && names.has(first[1])) return first[1];
+  if (!listed) return null;
+  for (const quoted of problem.matchAll(/'([a-z_]+)'/g)) if (names.has(quoted[1])) return quoted[1];
+  for (const word of problem.matchAll(/\b([a-z_]+)\b/g)) if (names.has(word[1])) return word[1];
+  return null;
+}
+
+function setFieldError(name, text) {
+  const note = $(`[data-error-for="${name}"]`);
+  if (note) note.textContent = text;
+  for (const control of $$(`[name="${name}"]`, form)) {
+    if (text) control.setAttribute("aria-invalid", "true");
+    else control.removeAttribute("aria-invalid");
+  }
+}
+
+init();
