@@ -42,8 +42,9 @@ def test_test_input_json_is_a_valid_small_job() -> None:
 @pytest.mark.slow
 def test_handler_test_input_end_to_end_at_768x1024(tiny_root: Path, s3_server, s3_bucket) -> None:
     job = json.loads(TEST_INPUT.read_text())
-    # One step without guidance and a stretched fit: the full 768x1024 frame, as fast as CPU allows.
-    job["input"].update(steps=1, guidance_scale=1.0, fit="stretch")
+    # One step without guidance and a stretched fit, returned as generated (output_size "frame"):
+    # the full 768x1024 frame, as fast as CPU allows.
+    job["input"].update(steps=1, guidance_scale=1.0, fit="stretch", output_size="frame")
     # The SDK cuts log lines at 4096 characters, so the image travels through the S3 server. The
     # bucket comes with the job (RunPod's s3Config), whose secret the SDK would log at its default
     # DEBUG level: the worker must start it at INFO unless told otherwise.
