@@ -25,14 +25,15 @@ from worker.encoding import encode_image, encode_images
 SIZE = (768, 1024)
 
 
-def realistic_picture(seed: int = 0) -> Image.Image:
+def realistic_picture(seed: int = 0, size: tuple[int, int] = SIZE) -> Image.Image:
+    """The house photo cropped to 3:4, scaled up to `size` (3:4) and given sigma-3 noise."""
     photo = Image.open(HOUSE_PHOTO).convert("RGB")
     width, height = photo.size
     crop_width = min(width, height * 3 // 4)
     left = (width - crop_width) // 2
     photo = photo.crop((left, 0, left + crop_width, crop_width * 4 // 3))
-    photo = photo.resize(SIZE, Image.Resampling.BICUBIC)
-    noise = np.random.default_rng(seed).normal(0.0, 3.0, (SIZE[1], SIZE[0], 3))
+    photo = photo.resize(size, Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(seed).normal(0.0, 3.0, (size[1], size[0], 3))
     return Image.fromarray(np.clip(np.asarray(photo, np.float32) + noise, 0, 255).astype(np.uint8))
 
 

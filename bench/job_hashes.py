@@ -4,6 +4,10 @@ For refactors that must not change behaviour: run it on the old and the new chec
 machine, same torch) and compare the lines. The jobs cover HD upper body, DC upper body, lower
 body (stretched) and dress (two samples), and an RGBA garment with a caller's RGBA mask on an
 RGBA person photo (the flattening paths); each returns its mask too. Run from the repository root.
+
+Those five ask for `output_size: "frame", composite: false`: the generated frame as the model
+made it (cropped back when padded), so their lines also compare against checkouts from before
+issue 19. The `*_input` jobs take the defaults (the photo's own size, composited over it).
 """
 
 from __future__ import annotations
@@ -33,15 +37,24 @@ def jobs() -> dict[str, dict]:
     mask = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
     mask.paste((255, 255, 255, 255), (50, 80, 250, 280))
     person = Image.open(ROOT / "assets/models/0_astronaut.png").convert("RGBA")
-    base = {"person_index": 0, "garment": _uri(tshirt), "resolution": "256x192", "steps": 2, "seed": 7,
-            "return_mask": True}  # fmt: skip
+    defaults = {"person_index": 0, "garment": _uri(tshirt), "resolution": "256x192", "steps": 2, "seed": 7,
+                "return_mask": True}  # fmt: skip
+    base = {**defaults, "output_size": "frame", "composite": False}
+    own_person = {"garment": _uri(faded), "mask": _uri(mask), "person": _uri(person)}
+    dc_lower = {"model_type": "dc", "category": "lower_body", "fit": "stretch"}
+
+    def without_index(job: dict) -> dict:
+        return {k: v for k, v in job.items() if k != "person_index"}
+
     return {
         "hd_upper": base,
         "dc_upper": {**base, "model_type": "dc", "category": "upper_body"},
-        "dc_lower": {**base, "model_type": "dc", "category": "lower_body", "fit": "stretch"},
+        "dc_lower": {**base, **dc_lower},
         "dc_dress": {**base, "model_type": "dc", "category": 2, "samples": 2},
-        "hd_rgba_garment_usermask": {**{k: v for k, v in base.items() if k != "person_index"},
-                                     "garment": _uri(faded), "mask": _uri(mask), "person": _uri(person)},
+        "hd_rgba_garment_usermask": {**without_index(base), **own_person},
+        "hd_upper_input": defaults,
+        "dc_lower_stretch_input": {**defaults, **dc_lower},
+        "hd_rgba_garment_usermask_input": {**without_index(defaults), **own_person},
     }  # fmt: skip
 
 

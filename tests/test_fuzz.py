@@ -46,6 +46,7 @@ from worker.schema import (
     GUIDANCE_RANGE,
     MAX_SEED,
     OUTPUT_FORMATS,
+    OUTPUT_SIZES,
     RESOLUTIONS,
     SAMPLES_RANGE,
     STEPS_RANGE,
@@ -177,6 +178,10 @@ def near_valid(field: str, *, cheap: bool) -> st.SearchStrategy:
         return st.sampled_from(["flat", "FLAT", "worn"] if cheap else [*GARMENT_PHOTO_TYPES, "MODEL", "worn"])
     if field == "return_mask":
         return st.booleans() | st.sampled_from([0, 1, "true"])
+    if field == "output_size":
+        return st.sampled_from([*OUTPUT_SIZES, "FRAME", " input ", "original"])
+    if field == "composite":
+        return st.booleans() | st.sampled_from([0, "false"])
     raise AssertionError(f"no strategy for field {field}")
 
 
@@ -282,6 +287,7 @@ def test_schema_answers_a_request_or_one_bounded_sentence() -> None:
         assert SAMPLES_RANGE[0] <= request.samples <= SAMPLES_RANGE[1]
         assert GUIDANCE_RANGE[0] <= request.guidance_scale <= GUIDANCE_RANGE[1]
         assert 0 <= request.seed <= MAX_SEED
+        assert request.output_size in OUTPUT_SIZES and isinstance(request.composite, bool)
         # "auto" stays undecided only until the category is detected, in the job.
         assert request.model_type in loaded or (request.model_type, request.category) == ("auto", "auto")
         assert (request.person is None) != (request.person_index is None)

@@ -38,6 +38,8 @@ from worker.job import handle
 from worker.runtime import get_runtime
 
 GARMENT_PNG = Path(handler.__file__).parent / "assets" / "garments" / "0_tshirt.png"
+HOUSE_PHOTO = Path(handler.__file__).parent / "assets" / "models" / "0_astronaut.png"
+HOUSE_SIZE = Image.open(HOUSE_PHOTO).size  # person_index 0: results come back at its own size
 SMALL = {"resolution": "256x192", "steps": 2, "seed": 1234}
 BUCKET_VARIABLES = (
     "BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME",
@@ -112,16 +114,24 @@ def test_job_returns_images_seed_mask_and_timings(reference) -> None:
     assert set(reference) == {"images", "seed", "model_type", "category", "timings", "mask"}
     assert isinstance(reference["seed"], int) and 0 <= reference["seed"] < 2**32
     assert (reference["model_type"], reference["category"]) == ("dc", "lower_body")
-    assert set(reference["timings"]) == {"validate", "fetch", "mask", "diffusion", "encode", "store", "total"}
+    stages = {"validate", "fetch", "mask", "diffusion", "composite", "encode", "store", "total"}
+    assert set(reference["timings"]) == stages
     assert all(seconds >= 0 for seconds in reference["timings"].values())
     (entry,) = reference["images"]
     assert entry["content_type"] == "image/png"
     image = decode(entry)
+    # By default the result has the person photo's own size (the house photo's 512x512 here),
+    # and so has the mask.
+    assert image.format == "PNG" and image.size == HOUSE_SIZE
+    mask = decode(reference["mask"])
+    assert mask.size == HOUSE_SIZE and set(mask.getdata()) <= {0, 255}
+
+
+def test_output_size_frame_is_the_generated_frame_cropped_back(worker_env, garment_uri) -> None:
+    result = assert_ok(run(good_input(garment_uri, output_size="frame", steps=1, return_mask=True)))
     # The house photo is square: padded to 3:4 with white, the output is cropped back to a
     # square at the output's width (192 at 256x192), never stretched.
-    assert image.format == "PNG" and image.size == (192, 192)
-    mask = decode(reference["mask"])
-    assert mask.size == (192, 192) and set(mask.getdata()) <= {0, 255}
+    assert decode(result["images"][0]).size == decode(result["mask"]).size == (192, 192)
 
 
 def test_seed_api_aliases_and_the_returned_seed_reproduce_the_same_bytes(worker_env, garment_uri, reference):
@@ -153,7 +163,7 @@ def test_jpeg_output_with_two_samples(worker_env, garment_uri) -> None:
 
 
 def test_webp_output_and_stretch_fit_return_the_full_model_frame(worker_env, garment_uri) -> None:
-    result = assert_ok(run(good_input(garment_uri, output_format="webp", fit="stretch")))
+    result = assert_ok(run(good_input(garment_uri, output_format="webp", fit="stretch", output_size="frame")))
     assert result["images"][0]["content_type"] == "image/webp"
     image = decode(result["images"][0])
     assert image.format == "WEBP" and image.size == (192, 256)
@@ -170,9 +180,10 @@ def test_url_inputs_and_a_callers_mask(worker_env, files) -> None:
     result = assert_ok(
         run({"person": person, "garment": garment, "mask": masked, "return_mask": True, **SMALL})
     )
-    assert decode(result["images"][0]).size == (192, 256)
+    assert decode(result["images"][0]).size == (96, 128)  # the person photo's own size
     returned = decode(result["mask"])
-    assert returned.getpixel((96, 10)) == 255 and returned.getpixel((96, 250)) == 0
+    assert returned.size == (96, 128)
+    assert returned.getpixel((48, 5)) == 255 and returned.getpixel((48, 125)) == 0
 
 
 @pytest.mark.parametrize("size", [(200, 100), (100, 300)])
@@ -187,7 +198,7 @@ def test_pad_keeps_a_callers_mask_on_a_non_three_by_four_photo(worker_env, garme
     result = assert_ok(
         run(
             {**SMALL, "steps": 1, "person": data_uri(_png(person)), "garment": garment_uri,
-             "mask": data_uri(_png(mask)), "return_mask": True}
+             "mask": data_uri(_png(mask)), "return_mask": True, "output_size": "frame"}
         )
     )  # fmt: skip
     output, returned = decode(result["images"][0]), decode(result["mask"])
@@ -207,7 +218,7 @@ def test_an_s3_config_that_is_not_an_object_keeps_the_images(worker_env, garment
         {"id": "odd-s3", "input": good_input(garment_uri, steps=1), "s3Config": "s3://b"}
     )
     assert_ok(result)
-    assert decode(result["images"][0]).size == (192, 192)
+    assert decode(result["images"][0]).size == HOUSE_SIZE
     assert result["warnings"] == [
         "S3 upload skipped: s3Config must be a JSON object (endpointUrl, accessId, accessSecret, "
         "bucketName), not a string; returning images inline"
@@ -222,12 +233,12 @@ def _truncated_jpeg() -> str:
 WRONG_TYPES = {
     "person": 5, "person_index": "0", "garment": 5, "mask": 5, "model_type": 1, "category": 1.5,
     "steps": "20", "samples": 1.5, "seed": "x", "guidance_scale": "2", "output_format": 1,
-    "return_mask": "yes", "resolution": 1024, "fit": 1,
+    "return_mask": "yes", "resolution": 1024, "fit": 1, "output_size": 1, "composite": "false",
 }  # fmt: skip
 OUT_OF_RANGE = {
     "steps": [0, 51], "samples": [0, 5], "guidance_scale": [0.99, 5.01], "seed": [-2],
     "person_index": [-1, 99], "category": [3, "shoes"], "resolution": ["2048x1536"],
-    "model_type": ["xl"], "output_format": ["gif"], "fit": ["crop"],
+    "model_type": ["xl"], "output_format": ["gif"], "fit": ["crop"], "output_size": ["original", ""],
 }  # fmt: skip
 
 
@@ -428,13 +439,13 @@ def test_out_of_memory_frees_memory_asks_for_refresh_and_the_worker_goes_on(work
 def test_result_over_the_payload_limit_suggests_a_bucket_or_jpeg(
     worker_env, garment_uri, monkeypatch
 ) -> None:
-    monkeypatch.setenv("MAX_INLINE_BYTES", "2000")  # a 192x192 PNG alone is larger
+    monkeypatch.setenv("MAX_INLINE_BYTES", "2000")  # a 512x512 PNG alone is larger
     result = run(good_input(garment_uri, steps=1))
     assert set(result) == {"error"}
     assert re.fullmatch(
         r"the result is 0\.\d MB, over the 0\.002 MB RunPod accepts inline: configure an S3 bucket "
         r"\(BUCKET_ENDPOINT_URL or the job's s3Config\) "
-        r"or ask for output_format 'jpeg' or 'webp' or fewer samples",
+        r"or ask for output_format 'jpeg' or 'webp', fewer samples or output_size 'frame'",
         result["error"],
     ), result["error"]
 
@@ -470,7 +481,7 @@ def test_a_wrong_secret_returns_images_inline_with_a_warning_and_no_secret(
     assert "upload to S3 failed" in too_large["error"] and "S3 bucket" in too_large["error"]
     monkeypatch.delenv("MAX_INLINE_BYTES")
     result = assert_ok(run(good_input(garment_uri, steps=1)))
-    assert "base64" in result["images"][0] and decode(result["images"][0]).size == (192, 192)
+    assert "base64" in result["images"][0] and decode(result["images"][0]).size == HOUSE_SIZE
     assert len(result["warnings"]) == 1 and "upload to S3 failed" in result["warnings"][0]
     captured = capfd.readouterr()
     for text in (json.dumps(result), json.dumps(too_large), caplog.text, captured.out, captured.err):
@@ -484,7 +495,7 @@ def test_local_runner_writes_the_images_of_test_input_json(worker_env, tmp_path)
     overrides = ["--set", "steps=1", "--set", "resolution=256x192", "--set", "return_mask=true"]
     assert main([str(job_file), "--out", str(tmp_path), *overrides]) == 0
     image, mask = Image.open(tmp_path / "local-0.png"), Image.open(tmp_path / "local-mask.png")
-    assert image.size == mask.size == (192, 192)
+    assert image.size == mask.size == HOUSE_SIZE
     result = json.loads((tmp_path / "local-result.json").read_text())
     assert result["seed"] == 42 and result["images"][0]["file"] == str(tmp_path / "local-0.png")
     assert main([str(job_file), "--out", str(tmp_path), "--set", "steps=0"]) == 1

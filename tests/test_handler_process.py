@@ -46,9 +46,9 @@ def test_handler_py_answers_test_input_json_with_a_768x1024_png_in_s3(
     """The process: start-up log, warm-up, one job, its picture in S3, no secret logged. What is
     in the picture is checked in-process (tests/test_ootd_pipeline.py, tests/test_handler_jobs.py)."""
     job = json.loads(TEST_INPUT.read_text())
-    # One step without guidance and a stretched fit: the full 768x1024 frame, as fast as CPU allows
-    # (after one Karras step the picture does not depend on the UNet: only its frame is checked).
-    job["input"].update(steps=1, guidance_scale=1.0, fit="stretch")
+    # One step without guidance and a stretched fit, returned as generated (output_size "frame"):
+    # the full 768x1024 frame, as fast as CPU allows.
+    job["input"].update(steps=1, guidance_scale=1.0, fit="stretch", output_size="frame")
     # The SDK cuts log lines at 4096 characters, so the image travels through the S3 server. The
     # bucket comes with the job (RunPod's s3Config), whose secret the SDK would log at its default
     # DEBUG level: the worker must start it at INFO unless told otherwise.

@@ -147,7 +147,7 @@ def test_queue_endpoint_page_runs_a_job_with_progress_and_shows_the_results(
     assert download.get_attribute("download") == "tryon-seed4242-1.png"
     assert download.get_attribute("href").startswith("data:image/png;base64,")
     # The job went through the endpoint's own route, with only what differs from the defaults:
-    # output_size and composite (unknown to the API until it learns them) were left out.
+    # output_size and composite (at the defaults the API gives the page) were left out.
     (job,) = sent_jobs(runs)
     assert runs[0].url == f"{queue_worker}/v2/playground/run"
     assert {key: job[key] for key in ("person_index", "steps", "resolution", "seed", "return_mask")} == {

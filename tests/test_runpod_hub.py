@@ -161,11 +161,19 @@ def hub_test_env(tiny_root, hub_tests):
 
 
 def test_every_tests_json_job_returns_an_image(hub_tests, hub_test_env) -> None:
+    house_photo = Image.open(house_model_photos(Settings().model_images_dir)[0])
+    sizes = set()
     for test in hub_tests["tests"]:
         result = handler.handler({"id": test["name"], "input": {**test["input"], **CPU_OVERRIDE}})
         assert "error" not in result, (test["name"], result.get("error"))
         assert result["model_type"] == test["input"]["model_type"]
         image = Image.open(io.BytesIO(base64.b64decode(result["images"][0]["base64"])))
         image.load()
-        assert image.width == 192  # the house model's own aspect, at the override's width
+        output_size = test["input"].get("output_size", "input")
+        sizes.add(output_size)
+        if output_size == "input":  # the default: the house photo's own size
+            assert image.size == house_photo.size
+        else:  # the generated frame: the house photo's aspect at the override's width
+            assert image.width == 192 and image.width / image.height == house_photo.width / house_photo.height
         assert image.format.lower() == test["input"].get("output_format", "png")
+    assert sizes == {"input", "frame"}  # the default and the published output are both tried

@@ -18,6 +18,7 @@ from worker_support import (
     png_claiming_size,
 )
 
+from core.framing import fit_to_frame
 from worker.config import Settings
 from worker.errors import InputError
 from worker.images import (
@@ -26,7 +27,6 @@ from worker.images import (
     decode_image,
     encode_image,
     fetch_url,
-    fit_to_frame,
     read_image,
 )
 from worker.schema import ImageRef

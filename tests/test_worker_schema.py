@@ -19,8 +19,15 @@ def test_defaults_match_the_documented_ones() -> None:
     )
     assert (request.guidance_scale, request.output_format, request.return_mask) == (2.0, "png", False)
     assert (request.resolution, request.size, request.fit) == ("1024x768", (768, 1024), "pad")
+    assert (request.output_size, request.composite) == ("input", True)
     assert request.garment.kind == "url" and request.person is None and request.person_index == 0
     assert 0 <= request.seed < 2**32
+
+
+def test_output_size_and_composite_are_read_case_insensitively() -> None:
+    raw = {"person_index": 0, "garment": GARMENT, "output_size": " Frame ", "composite": False}
+    request = parse_request(raw)
+    assert (request.output_size, request.composite) == ("frame", False)
 
 
 def test_random_seed_for_absent_or_minus_one_and_kept_otherwise() -> None:
@@ -116,6 +123,14 @@ def test_url_descriptions_hide_path_query_and_credentials() -> None:
             r"output_format must be one of png",
         ),
         ({"person_index": 0, "garment": GARMENT, "return_mask": 1}, r"return_mask must be true or false"),
+        (
+            {"person_index": 0, "garment": GARMENT, "output_size": "original"},
+            r"output_size must be one of input, frame, not 'original'",
+        ),
+        (
+            {"person_index": 0, "garment": GARMENT, "composite": "no"},
+            r"composite must be true or false, not a string \('no'\)",
+        ),
         ({"person_index": 0, "garment": GARMENT, "seed": -5}, r"seed must be an integer from 0"),
         ({"person_index": 0, "garment": ["x"]}, r"garment must be a string .* not an array"),
         ({"person_index": 0, "garment": "ftp://example.com/g.png"}, r"garment: ftp:// URLs are not allowed"),

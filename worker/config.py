@@ -6,6 +6,7 @@ defaults are what a RunPod endpoint should run with. Read once per job (cheap), 
 change the environment between jobs without reloading the models.
 """
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class Settings:
     # Results: RunPod refuses results over 10 MB (/run) or 20 MB (/runsync); the worker cannot
     # tell which route a job came by, so the default is the stricter one.
     max_inline_bytes: int = 10 * MB
+    # output_size "input" returns the person photo's own size, scaled down to at most this many
+    # megapixels (a 4000x3000 phone photo is 12).
+    max_output_megapixels: float = 12.0
     # Send a progress update every this many diffusion steps (never on the last one).
     progress_every: int = 5
     # "HxW" output sizes allowed beyond the published three (3:4, multiples of 64), e.g. "256x192"
@@ -73,6 +77,11 @@ class Settings:
     # "cpu" on purpose, e.g. on a host where onnxruntime's CUDA provider cannot load.
     parsing_device: str | None = None
 
+    @property
+    def max_output_pixels(self) -> int:
+        """`max_output_megapixels` in pixels (at least one)."""
+        return max(1, int(self.max_output_megapixels * 1_000_000))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from `env` (default `os.environ`); a malformed value raises ValueError."""
@@ -94,6 +103,7 @@ class Settings:
                 env, "DOWNLOAD_MAX_REDIRECTS", cls.download_max_redirects, int, allow_zero=True
             ),
             max_inline_bytes=_positive(env, "MAX_INLINE_BYTES", cls.max_inline_bytes, int),
+            max_output_megapixels=_positive(env, "MAX_OUTPUT_MEGAPIXELS", cls.max_output_megapixels, float),
             progress_every=_positive(env, "PROGRESS_EVERY", cls.progress_every, int),
             extra_resolutions=_resolutions(env.get("EXTRA_RESOLUTIONS") or ""),
             allow_cpu=_flag(env, "ALLOW_CPU", cls.allow_cpu),
@@ -172,6 +182,8 @@ def _positive(env: Mapping[str, str], name: str, default, kind, *, allow_zero: b
         value = kind(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, not {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {raw!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {raw!r}")
     return value

@@ -8,9 +8,8 @@ from a Content-Type or file name. All of a job's downloads share one deadline
 (`DownloadBudget`), which stops them wherever they are reading, headers or body. Messages name
 the field and never echo a URL's path or query, which often carry access tokens.
 
-Out: the `pad` fit (people are never stretched: the photo is scaled into the model's 768x1024
-frame, padded with white and the result cropped back); PNG/JPEG/WebP encoding lives in the
-runpod-free `worker.encoding` and is re-exported here.
+Out: PNG/JPEG/WebP encoding lives in the runpod-free `worker.encoding` and is re-exported here;
+fitting a photo into the model's frame (fit "pad") lives in `core.framing`.
 """
 
 import base64
@@ -26,7 +25,6 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 
 import requests
 from PIL import Image
@@ -390,37 +388,6 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     return image
 
 
-@dataclass(frozen=True)
-class PadBox:
-    """Where the photo sits inside the padded frame it was fitted into (pixels of the frame)."""
-
-    canvas: tuple[int, int]
-    box: tuple[int, int, int, int]  # left, top, right, bottom
-
-    def crop(self, image: Image.Image) -> Image.Image:
-        """Cut the photo's region out of an output made from the frame at any size.
-
-        The output keeps the model's resolution: the region is returned at the size it has in
-        the output, not scaled back to the input photo's size.
-        """
-        scale_x, scale_y = image.width / self.canvas[0], image.height / self.canvas[1]
-        left, top, right, bottom = self.box
-        region = (
-            round(left * scale_x),
-            round(top * scale_y),
-            round(right * scale_x),
-            round(bottom * scale_y),
-        )
-        return image.crop(region)
-
-
-def fitted_size(size: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
-    """The largest size of `size`'s aspect ratio that fits inside `frame` (at least 1x1)."""
-    width, height = size
-    scale = min(frame[0] / width, frame[1] / height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def check_aspect(size: tuple[int, int], field: str, max_ratio: float) -> None:
     """Refuse a photo too wide or too tall to pad: it would be a thin strip in the frame."""
     width, height = size
@@ -430,27 +397,6 @@ def check_aspect(size: tuple[int, int], field: str, max_ratio: float) -> None:
             f"{field}: the image is {width}x{height}, more than {max_ratio:g} times as {shape}, too far "
             "from the model's 3:4 frame to pad (crop it, or use fit 'stretch')"
         )
-
-
-def fit_to_frame(
-    image: Image.Image,
-    frame: tuple[int, int],
-    fill: int | tuple[int, ...],
-    resample: Image.Resampling = Image.Resampling.BICUBIC,
-) -> tuple[Image.Image, PadBox]:
-    """Resize `image` to fit inside `frame` (keeping its aspect) and centre it on a `fill` canvas.
-
-    The canvas is always `frame`, whatever the photo's shape: padding the photo at its own size
-    would let a 60000x1 picture (within the pixel limit) ask for a 60000x80000 canvas.
-    """
-    fitted = fitted_size(image.size, frame)
-    if fitted != image.size:
-        # reducing_gap: a fast box reduction first for big photos (Pillow ignores it for NEAREST).
-        image = image.resize(fitted, resample, reducing_gap=3.0)
-    left, top = (frame[0] - fitted[0]) // 2, (frame[1] - fitted[1]) // 2
-    padded = Image.new(image.mode, frame, fill)
-    padded.paste(image, (left, top))
-    return padded, PadBox(frame, (left, top, left + fitted[0], top + fitted[1]))
 
 
 def _megabytes(size: int) -> str:

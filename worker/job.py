@@ -25,6 +25,7 @@ import runpod
 import torch
 from PIL import Image
 
+from core.framing import PadBox, fit_to_frame
 from core.generation import DEFAULT_RESOLUTION, RESOLUTIONS
 from core.images import WHITE
 from core.vocabulary import (
@@ -40,6 +41,7 @@ from ootd.errors import NonFiniteOutputError
 from preprocess import PreprocessError, PreprocessResult
 from preprocess.images import load_mask, load_rgb
 from storage import OutputFile, store_outputs
+from worker.composite import capped_size, composite, region_size
 from worker.config import MB, Settings
 from worker.encoding import encode_images
 from worker.errors import (
@@ -52,15 +54,7 @@ from worker.errors import (
 )
 from worker.gpu_errors import ORT_ERRORS, GpuFailure, classify_gpu_failure, failure_detail, free_gpu_memory
 from worker.house_masks import house_mask_key, photo_digest
-from worker.images import (
-    CONTENT_TYPES,
-    EXTENSIONS,
-    PadBox,
-    check_aspect,
-    decode_image,
-    fit_to_frame,
-    read_images,
-)
+from worker.images import CONTENT_TYPES, EXTENSIONS, check_aspect, decode_image, read_images
 from worker.runtime import Runtime, house_model_photos
 from worker.schema import FIELDS, TryOnRequest, parse_request
 
@@ -110,6 +104,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     with _stage(timings, "fetch"):
         person, garment, user_mask, house_digest = _load_pictures(request, photos, settings)
 
+    photo = person  # as it came: upright, on white, at its own size (what `composite` keeps)
     pad: PadBox | None = None
     if request.fit == "pad":
         person, user_mask, pad = _pad(person, user_mask)
@@ -117,9 +112,8 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     outputs, mask_image, worn, request, guess = _generate(
         runtime, request, person, garment, user_mask, house_digest, progress, settings, timings
     )
-    if pad is not None:
-        outputs = [pad.crop(image) for image in outputs]
-        mask_image = pad.crop(mask_image)
+    with _stage(timings, "composite"):
+        outputs, mask_image = _output(request, photo, outputs, mask_image, pad, settings)
 
     with _stage(timings, "encode"):
         pictures = [(image, request.output_format) for image in outputs]
@@ -222,6 +216,23 @@ def _converted(image: Image.Image, field: str, convert: Callable[[Image.Image], 
         raise InputError(
             f"{field}: unsupported colour mode {image.mode} (send an RGB or greyscale image)"
         ) from None
+
+
+def _output(
+    request: TryOnRequest,
+    photo: Image.Image,
+    frames: list[Image.Image],
+    mask: Image.Image,
+    pad: PadBox | None,
+    settings: Settings,
+) -> tuple[list[Image.Image], Image.Image]:
+    """The samples and the mask as the caller gets them: at the photo's own size (capped at
+    MAX_OUTPUT_MEGAPIXELS) or the frame's, over the photo unless `composite` is false."""
+    if request.output_size == "input":
+        size = capped_size(photo.size, settings.max_output_pixels)
+    else:
+        size = region_size(mask.size, pad)
+    return composite(photo, frames, mask, pad, size, keep_photo=request.composite)
 
 
 def _pad(
@@ -498,7 +509,7 @@ def _check_size(result: dict, settings: Settings, warnings: list[str]) -> None:
     raise ResultTooLargeError(
         f"the result is {size / MB:.1f} MB, over the {settings.max_inline_bytes / MB:g} MB RunPod accepts "
         f"inline{because}: configure an S3 bucket (BUCKET_ENDPOINT_URL or the job's s3Config) "
-        "or ask for output_format 'jpeg' or 'webp' or fewer samples"
+        "or ask for output_format 'jpeg' or 'webp', fewer samples or output_size 'frame'"
     )
 
 

@@ -41,6 +41,9 @@ from worker.errors import MAX_LISTED, MAX_MESSAGE, InputError, clip, describe, j
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 FITS = ("pad", "stretch")
+# "input": the person photo's own size (capped by MAX_OUTPUT_MEGAPIXELS); "frame": the
+# generated frame's, cut back to the photo's region when padded (the published output).
+OUTPUT_SIZES = ("input", "frame")
 
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_BOUND = 2**32
@@ -62,6 +65,8 @@ FIELDS: dict[str, Any] = {
     "resolution": DEFAULT_RESOLUTION,
     "fit": "pad",
     "garment_photo_type": "flat",
+    "output_size": "input",
+    "composite": True,
 }
 # The seed Flask API's names -> the new names (`category` and `seed` kept their names).
 ALIASES = {
@@ -116,6 +121,8 @@ class TryOnRequest:
     resolution: str = DEFAULT_RESOLUTION
     fit: str = "pad"
     garment_photo_type: str = "flat"
+    output_size: str = "input"
+    composite: bool = True
 
     @property
     def size(self) -> Size:
@@ -196,6 +203,8 @@ def parse_request(
     out["resolution"] = _choice(fields, "resolution", (*RESOLUTIONS, *extra_resolutions), errors)
     out["fit"] = _choice(fields, "fit", FITS, errors, lower=True)
     out["return_mask"] = _boolean(fields, "return_mask", errors)
+    out["output_size"] = _choice(fields, "output_size", OUTPUT_SIZES, errors, lower=True)
+    out["composite"] = _boolean(fields, "composite", errors)
 
     if errors:
         raise InputError("invalid input: " + join_capped(errors, "; ", "problems", budget=_PROBLEMS_BUDGET))
