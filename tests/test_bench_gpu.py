@@ -335,6 +335,15 @@ def test_out_of_memory_rows_render_as_oom() -> None:
     assert row[-4:] == ["70.00", "n/a", "n/a", "out of memory after 0 of 3 reps"]
 
 
+def test_non_finite_images_are_counted_per_image() -> None:
+    images = np.zeros((4, 8, 6, 3), np.float32)
+    assert gpu.non_finite_images(images) == 0
+    images[1, 2, 3, 0] = np.nan
+    images[3, 0, 0, 2] = np.inf  # a float16 overflow
+    images[3, 1, 0, 2] = -np.inf  # the same image: counted once
+    assert gpu.non_finite_images(images) == 2
+
+
 def test_page_cache_probe_sees_a_file_just_read(tmp_path: Path) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(b"\1" * (1 << 20))
