@@ -1,26 +1,36 @@
 """`python -m bench.gpu`: the worker's real work on one device, measured in one command.
 
-No download: every network is built at its published full size with random weights
-(`bench.models`), written in the published layout to a temporary folder and read back by the
-production loaders (`ootd.load_pipelines`, `preprocess.Preprocessor.from_checkpoints`), so load
-times are real. Then, in this order, with the elapsed time of each part printed as it ends:
+No download: every network is built at its published size with random weights (`bench.models`)
+and written to a temporary folder in the form the image ships, `builder.to_fp16`'s (UNets and
+VAE float16 safetensors), directly rather than as fp32 files converted afterwards; the production
+loaders (`ootd.load_pipelines`, `preprocess.Preprocessor.from_checkpoints`) read it back.
 
-1. weights: bytes fp32 vs fp16 for `hd` and `hd,dc` (parameter counts on the meta device);
-2. write: one model type's diffusion tree (fp32, hub formats) + the preprocessing networks;
-3. cold load of that model type from the fp32 files, page cache dropped first;
-4. fp16: `builder.to_fp16` rewrites the tree, cold load again (skipped while it is not merged);
-5. the other model type's UNets built in memory: both types resident, as in production;
-6. requests (hd): the first in a fresh process, the second, then guidance 2.0/1.0 x 1/4
-   samples with time per stage and peak GPU memory; out of memory is recorded, not fatal;
-7. compile (`--compile`, on by default on CUDA): `ootd.compile.compile_pipeline` (what
-   `OOTD_COMPILE` does), then two requests: the compile time (first compiled request minus the
-   eager second request) and the compiled vs eager mean step (skipped when the run is late);
-8. warm-up: a fresh child process loads, runs `worker.warmup.warm_up`, then its first request
-   (skipped while it is not merged, or when the run is short of time).
+A GPU is lent for minutes, so the parts run in the order of what only a GPU can tell, each
+behind a gate (`bench.budget`): it starts only when its estimate, made from what this run has
+measured so far, ends inside the budget (`--budget-s`); a part that raises is recorded as failed
+with its error in one line, its memory is freed, and the run goes on.
 
-It prints one markdown report (a table per section) and writes it to `bench/results/` (and to
-`--out DIR`). `--size tiny --device cpu` runs the same code on the tiny tree (the test suite
-does); bench/README.md gives the GPU command and the expected time of each part.
+- write-tree, load (always): the tree; hd loaded from it (files just written, in the page
+  cache); the preprocessor; dc's UNets built in memory (both model types resident, as in
+  production) and one garment cache of the worker's default size for both;
+1. requests: the first request in this fresh process; the garment cache filled to its bound
+   (the steady state of a worker); guidance 2.0/1.0 x 1/4 samples, every request with a new
+   garment (a miss, which evicts), and the first configuration again with a cached garment (a
+   hit): time per stage, non-finite outputs, peak memory, and a worker's memory budget with the
+   parsing arenas counted;
+2. child: a fresh process loads hd, runs `worker.warmup.warm_up`, then its first and second request;
+3. cold-load: hd again from the fp16 files, dropped from the page cache first;
+4. compile: `ootd.compile.compile_pipeline` (what `OOTD_COMPILE` does; `--compile-backend`): an
+   eager request, then the first (compile included) and second compiled ones, and the mean step;
+5. encoding: 4 pictures encoded one after the other vs in the worker's threads (this host's CPUs);
+6. weights: bytes fp32 vs fp16 for hd and hd,dc, from the parameter counts (meta device);
+7. fp32 (`--with-fp32` only): the hub's fp32 files written, their cold load, `builder.to_fp16` on them.
+
+The markdown report (`bench.gpu_report`: the parts with their outcome first, then a table per
+section) is printed at the end and rewritten in `bench/results/` (and `--out DIR`) whenever a part
+starts or ends, so a run stopped from outside still leaves what it measured. `--size tiny
+--device cpu` runs the same code on the tiny tree (the test suite does); bench/README.md gives
+the GPU command and the expected time of each part.
 """
 
 from __future__ import annotations
@@ -29,17 +39,17 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,21 +59,53 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.budget import Estimate, Run, one_line
+from bench.gpu_report import OUTPUT_FORMAT, STAGES, ReportFiles
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 GARMENT_PHOTO = REPO_ROOT / "assets" / "garments" / "0_tshirt.png"
 GIB = 2**30
 GB = 1e9
-OUTPUT_FORMAT = "png"  # the worker's default output_format
-MATRIX_LATE_S = 180.0
-"""Past this many seconds before the request matrix (a slow disk), it runs one repetition."""
-SOFT_LIMIT_S = 300.0
-"""The warm-up child (the last part) is skipped once this much time has gone: the whole run must
-stay under 6 minutes on an H100 (the device tool's one call is 10 minutes, machine start aside)."""
-COMPILE_LATE_S = 150.0
-"""The compile part (one to two minutes for a full-size UNet on an H100) is skipped past this."""
-CHILD_DEADLINE_S = 420.0
-"""The warm-up child is killed (and reported as failed) at this point of the run."""
+MB = 1e6
+
+DEFAULT_BUDGET_S = 360.0
+"""The whole run, setup included. One command on the device machine may run 600 s, and a
+session has about 15 minutes of device time in all, machine start (1-2 minutes) included:
+bench/README's command gives it `timeout_s` 420 (a part that overruns its estimate still ends
+before that), which leaves time for a second call."""
+REQUEST_PRIOR_S = 10.0
+"""Seconds assumed for one request (guidance 2, 1 sample) only while none has been measured in
+this run (the requests part failed or was not asked); every estimate says which it used."""
+COMPILE_PRIOR_S = {"inductor": 120.0}
+"""Seconds assumed for compiling the try-on UNet for one shape, by backend (others: 20 s):
+inductor takes one to two minutes for a full-size SD-1.5 UNet (PyTorch's and diffusers'
+published figures, bench/README). `--compile-estimate-s` replaces it."""
+OTHER_COMPILE_PRIOR_S = 20.0
+STARTUP_PRIOR_S = 10.0
+"""A fresh interpreter's start and torch import, which this process cannot time (they happened
+before `main`); the child's estimate adds what this process measured for the rest."""
+DISK_PRIOR_BPS = 0.5e9
+"""Bytes per second assumed for reading the tree from disk (cold), for the cold load's estimate."""
+ENCODING_PRIOR_S = 10.0
+WEIGHTS_PRIOR_S = 15.0
+CACHE_FILL_MAX = 24
+"""Garments put into the garment cache to fill it: at 1024x768 with guidance an entry is 139 MB,
+so 11 fill the default 1500 MB; the tiny entries of a CPU run stop here, short of the bound (the
+report says how full it got)."""
+
+PARTS: tuple[str, ...] = ("requests", "child", "cold-load", "compile", "encoding", "weights", "fp32")
+"""The measuring parts, in run order (after write-tree and load, which always run)."""
+DEFAULT_PARTS: tuple[str, ...] = PARTS[:-1]
+NEEDS: dict[str, tuple[str, ...]] = {
+    "load": ("write-tree",),
+    "requests": ("load",),
+    "child": ("write-tree",),
+    "cold-load": ("write-tree",),
+    "compile": ("write-tree",),
+    "fp32": ("write-tree",),
+}
+"""What each part cannot do without (compile loads the pipelines itself when cold-load did not)."""
 
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": {"resolution": (1024, 768), "steps": 20, "reps": 3, "quick_reps": 1,
@@ -74,19 +116,8 @@ RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 """Per tree size (`bench.models.SIZES`): what a run measures unless told otherwise, and what the
 report calls its networks."""
-PEAK_KEYS = ("peak_allocated", "peak_reserved", "peak_device_used")
 SCALES = (2.0, 1.0)
 SAMPLES = (1, 4)
-STAGES: tuple[tuple[str, str], ...] = (
-    ("pose", "pose"),
-    ("parsing", "parsing"),
-    ("clip", "CLIP"),
-    ("vae_encode", "VAE encodes (3)"),
-    ("garment_unet", "garment UNet"),
-    ("step", "mean step"),
-    ("vae_decode", "VAE decode"),
-    ("encode", f"{OUTPUT_FORMAT} encoding"),
-)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -98,38 +129,6 @@ def log(message: str) -> None:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class Parts:
-    """Elapsed (wall) and this process's CPU seconds per part of the run, logged as each ends.
-
-    On a shared CPU machine the wall clock grows with other load; the CPU time tracks the work.
-    """
-
-    def __init__(self, on_end: Callable[[str], None] | None = None) -> None:
-        self.start = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-        self.cpu_seconds: dict[str, float] = {}
-        self.on_end = on_end
-
-    @contextlib.contextmanager
-    def part(self, name: str) -> Iterator[None]:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        log(f"{name} ...")
-        try:
-            yield
-        finally:
-            self.seconds[name] = time.perf_counter() - start
-            self.cpu_seconds[name] = time.process_time() - cpu_start
-            log(
-                f"{name}: {self.seconds[name]:.1f} s, CPU {self.cpu_seconds[name]:.1f} s "
-                f"(run so far {self.elapsed():.1f} s)"
-            )
-            if self.on_end is not None:
-                self.on_end(name)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def free_memory() -> None:
@@ -294,6 +293,40 @@ class Timing:
     stages: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
     pose_outcome: str = ""
+    images: int = 0
+    non_finite: int = 0
+    """Images with a NaN or infinite value before the conversion to 8 bits (black pixels)."""
+    float32_retries: int = 0
+    """Requests whose decode the pipeline redid in float32, where it reports that."""
+
+
+class Garments:
+    """The shipped garment photo, tinted differently on every call: a new garment for the garment
+    cache (whose key hashes the pixels), with the same arithmetic as any other."""
+
+    def __init__(self) -> None:
+        self.base = Image.open(GARMENT_PHOTO).convert("RGB")
+        self.count = 0
+
+    def new(self) -> Image.Image:
+        self.count += 1
+        step = self.count
+        tint = ((61 * step) % 256, (113 * step) % 256, (197 * step) % 256)  # odd: 256 distinct tints
+        return Image.blend(self.base, Image.new("RGB", self.base.size, tint), 0.2)
+
+
+def person_photo() -> Image.Image:
+    """The house model photo that ships with the worker."""
+    from bench.models import HOUSE_PHOTO
+
+    return Image.open(HOUSE_PHOTO).convert("RGB")
+
+
+def rectangle_mask(width: int, height: int) -> Image.Image:
+    """The torso box: the fixed person the random-weight pose and parsing report is not the photo's."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 5 : 3 * height // 4, width // 5 : 4 * width // 5] = 255
+    return Image.fromarray(mask, "L")
 
 
 @contextlib.contextmanager
@@ -324,27 +357,26 @@ def timed_methods(targets: list[tuple[Any, str, str]], times: dict[str, float], 
                 object.__delattr__(obj, name)
 
 
-def pictures() -> tuple[Image.Image, Image.Image]:
-    """The house model photo and the example garment that ship with the worker."""
-    from bench.models import HOUSE_PHOTO
+def non_finite_images(images: np.ndarray) -> int:
+    """How many of the (N, H, W, 3) float images hold a NaN or an infinity.
 
-    return Image.open(HOUSE_PHOTO).convert("RGB"), Image.open(GARMENT_PHOTO).convert("RGB")
-
-
-def rectangle_mask(width: int, height: int) -> Image.Image:
-    """The torso box: the fixed person the random-weight pose and parsing report is not the photo's."""
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 5 : 3 * height // 4, width // 5 : 4 * width // 5] = 255
-    return Image.fromarray(mask, "L")
+    The place for the pipeline's own finiteness report: where it decodes again in float32 or
+    raises on non-finite output, `run_request` counts its `decoded_in_float32` and a raised error
+    fails the configuration with its message."""
+    return int((~np.isfinite(images.reshape(len(images), -1))).any(axis=1).sum())
 
 
-def run_request(pipe: Any, preprocessor: Any, request: Request, device: torch.device) -> Timing:
+def run_request(
+    pipe: Any, preprocessor: Any, request: Request, device: torch.device, person: Image.Image,
+    garment: Image.Image,
+) -> Timing:  # fmt: skip
     """Time one request stage by stage (every stage ends with a device synchronisation)."""
+    from diffusers.image_processor import VaeImageProcessor
+
     from preprocess import PreprocessError
     from preprocess.preprocessor import parse_input
-    from worker.encoding import encode_image
+    from worker.encoding import encode_images
 
-    person, garment = pictures()
     timing = Timing()
     times = timing.stages
     sync(device)
@@ -377,7 +409,7 @@ def run_request(pipe: Any, preprocessor: Any, request: Request, device: torch.de
         (pipe.vae, "decode", "vae_decode"),
     ]
     with timed_methods(targets, times, device):
-        images = pipe(
+        output = pipe(
             person,
             garment,
             rectangle_mask(request.width, request.height),
@@ -388,106 +420,40 @@ def run_request(pipe: Any, preprocessor: Any, request: Request, device: torch.de
             generator=0,
             height=request.height,
             width=request.width,
+            output_type="np",  # the floats "pil" is made from: what a NaN would have been
             callback_on_step_end=on_step_end,
-        ).images
+        )
     # The loop starts when the last stage before it ends (the garment UNet, unless the garment
     # cache had its features; then the person's VAE encode).
     loop_start = max(value for key, value in times.items() if key.endswith("_end") and value <= marks[0])
     times["step"] = (marks[-1] - loop_start) / len(marks)
     for key in [key for key in times if key.endswith("_end")]:
         del times[key]
+    for key, _ in STAGES:
+        times.setdefault(key, 0.0)  # a cached garment runs no CLIP and no garment UNet
+    timing.images = len(output.images)
+    timing.non_finite = non_finite_images(output.images)
+    timing.float32_retries = int(bool(getattr(output, "decoded_in_float32", False)))
+    pictures = VaeImageProcessor.numpy_to_pil(output.images)  # the pipeline's own "pil" step
 
     stage = time.perf_counter()
-    for image in images:
-        encode_image(image, OUTPUT_FORMAT)
+    encode_images([(picture, OUTPUT_FORMAT) for picture in pictures])  # the worker's threads
     times["encode"] = time.perf_counter() - stage
     timing.total = time.perf_counter() - start
     return timing
 
 
-def run_config(
-    pipe: Any, preprocessor: Any, request: Request, reps: int, device: torch.device
-) -> dict[str, Any]:
-    """`reps` requests of one configuration: mean stage times, peak memory, or "OOM"."""
-    free_memory()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    timings: list[Timing] = []
-    oom = False
-    with MemorySampler(device) as sampler:
-        try:
-            for _ in range(reps):
-                timings.append(run_request(pipe, preprocessor, request, device))
-        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_out_of_memory(error):
-                raise
-            oom = True
-    row: dict[str, Any] = {"scale": request.scale, "samples": request.samples, "reps": len(timings)}
-    if device.type == "cuda":
-        row["peak_allocated"] = torch.cuda.max_memory_allocated(device) / GIB
-        row["peak_reserved"] = torch.cuda.max_memory_reserved(device) / GIB
-        row["peak_device_used"] = sampler.peak / GIB
-    if oom:
-        row["oom"] = True
-        free_memory()  # outside the except block: the traceback no longer pins the tensors
-        return row
-    row["stages"] = {key: statistics.mean(t.stages[key] for t in timings) for key, _ in STAGES}
-    row["total"] = statistics.mean(t.total for t in timings)
-    row["pose_outcome"] = timings[-1].pose_outcome
-    return row
-
-
 # ----------------------------------------------------------------------------------- loading
-def fp16_converter() -> Callable[[Path], Any] | None:
-    """`builder.to_fp16.convert_tree` (the image build's conversion), None where it is missing."""
-    if importlib.util.find_spec("builder.to_fp16") is None:
-        return None
-    from builder.to_fp16 import convert_tree
-
-    return convert_tree
-
-
-def warm_up_function() -> Callable[..., float] | None:
-    """`worker.warmup.warm_up(pipelines, preprocessor) -> seconds` once merged, else None."""
-    if importlib.util.find_spec("worker.warmup") is None:
-        return None
-    from worker.warmup import warm_up
-
-    return warm_up
-
-
-def build_in_memory(pipe: Any, root: Path, model_type: str, device: torch.device, dtype: torch.dtype) -> Any:
-    """A second model type's pipeline with its two UNets built (random) on the device, sharing the
-    first pipeline's VAE, text encoder and CLIP: both model types resident, as the worker runs."""
-    from bench.models import unet_like
-    from ootd import OOTDiffusionPipeline
-    from ootd import layout as ootd_layout
-    from ootd.pipeline import build_scheduler
-
-    unets = []
-    for which in ("unet_garm", "unet_vton"):
-        with torch.device(device):
-            unet = unet_like(root / ootd_layout.unet_dir(pipe.model_type, which))
-        unets.append(unet.to(dtype=dtype).eval())
-    return OOTDiffusionPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        image_encoder=pipe.image_encoder,
-        image_processor=pipe.image_processor,
-        unet_garm=unets[0],
-        unet_vton=unets[1],
-        scheduler=build_scheduler(dict(pipe.scheduler.config)),
-        model_type=model_type,
-    )
-
-
-def load_timed(root: Path, model_type: str, device: torch.device, dtype: torch.dtype) -> tuple[dict, float]:
+def load_timed(
+    root: Path, model_type: str, device: torch.device, dtype: torch.dtype | None, garment_cache: Any = None
+) -> tuple[dict, float]:
     from ootd import load_pipelines
 
     sync(device)
     start = time.perf_counter()
-    pipelines = load_pipelines(root, model_types=(model_type,), device=device, dtype=dtype)
+    pipelines = load_pipelines(
+        root, model_types=(model_type,), device=device, dtype=dtype, garment_cache=garment_cache
+    )
     sync(device)
     seconds = time.perf_counter() - start
     for pipe in pipelines.values():
@@ -495,7 +461,589 @@ def load_timed(root: Path, model_type: str, device: torch.device, dtype: torch.d
     return pipelines, seconds
 
 
-# ------------------------------------------------------------------------------------ report
+def build_in_memory(pipe: Any, root: Path, model_type: str, device: torch.device) -> Any:
+    """A second model type's pipeline with its two UNets built (random) on the device, sharing the
+    first pipeline's VAE, text encoder, CLIP and garment cache: both model types resident, as the
+    worker runs them."""
+    from bench.models import unet_like
+    from ootd import OOTDiffusionPipeline
+    from ootd import layout as ootd_layout
+
+    unets = []
+    for which in ("unet_garm", "unet_vton"):
+        with torch.device(device):
+            unet = unet_like(root / ootd_layout.unet_dir(pipe.model_type, which))
+        unets.append(unet.to(dtype=pipe.unet_vton.dtype).eval())
+    other = OOTDiffusionPipeline(
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        image_encoder=pipe.image_encoder,
+        image_processor=pipe.image_processor,
+        unet_garm=unets[0],
+        unet_vton=unets[1],
+        scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config),  # its own run state
+        model_type=model_type,
+    )
+    other.set_progress_bar_config(disable=True)
+    other.garment_cache = pipe.garment_cache
+    return other
+
+
+def parsing_arenas(parser: Any) -> dict[str, Any]:
+    """What the parsing sessions' onnxruntime CUDA arenas may hold together in production: the
+    limit the preprocessor gives each session (`preprocess.parsing.cuda_provider_options`'
+    default) times the sessions. torch's allocator cannot see or reclaim these arenas, so a
+    worker's memory budget counts them at their limit. `on_device`: the sessions run on CUDA here
+    (their arenas are then inside the driver's figures); on the CPU provider they are not, and
+    are added. This is the one place to adapt when the arena setting changes."""
+    from preprocess.parsing import CUDA_PROVIDER, cuda_provider_options
+
+    sessions = [parser.atr_session, parser.lip_session]
+    per_session = int(cuda_provider_options()["gpu_mem_limit"])
+    return {
+        "bytes": per_session * len(sessions),
+        "sessions": len(sessions),
+        "per_session": per_session,
+        "on_device": any(CUDA_PROVIDER in session.get_providers() for session in sessions),
+    }
+
+
+# -------------------------------------------------------------------------------- the run
+class SomeRequestsFailed(RuntimeError):
+    """Configurations of the requests part raised (other than out of memory): the part failed,
+    and the rows that ran stay in the report."""
+
+
+@dataclass
+class Bench:
+    """What the parts share: the options, the tree, what is loaded, and what was measured."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype | None
+    root: Path
+    report: dict[str, Any]
+    run: Run
+    pipelines: dict[str, Any] | None = None
+    preprocessor: Any = None
+    cache: Any = None
+    measured: dict[str, float] = field(default_factory=dict)
+    garments: Garments = field(default_factory=Garments)
+    person: Image.Image = field(default_factory=person_photo)
+
+    @property
+    def main_type(self) -> str:
+        return self.args.model_type_list[0]
+
+    def request(self, scale: float = SCALES[0], samples: int = 1) -> Request:
+        return Request(self.args.height, self.args.width, self.args.steps, scale, samples)
+
+    def request_once(self, pipe: Any, request: Request, garment: Image.Image | None = None) -> Timing:
+        garment = garment if garment is not None else self.garments.new()
+        return run_request(pipe, self.preprocessor, request, self.device, self.person, garment)
+
+    def free_pipelines(self) -> None:
+        self.pipelines = None
+        self.cache = None
+        free_memory()
+
+    # --------------------------------------------------------------------------- estimates
+    def request_seconds(self) -> tuple[float, str]:
+        """One request (guidance 2, 1 sample) as measured here, or the prior, and which."""
+        if "request" in self.measured:
+            return self.measured["request"], f"{self.measured['request']:.1f} s a request, measured"
+        return REQUEST_PRIOR_S, f"{REQUEST_PRIOR_S:.0f} s a request, assumed: none measured"
+
+    def estimate(self, part: str) -> Estimate | None:
+        """How long `part` should take from here, from this run's measurements (see each basis)."""
+        request, request_basis = self.request_seconds()
+        loaded = self.measured.get("load", 0.0) + self.measured.get("preprocessor", 0.0)
+        if part == "requests":
+            return None  # the first measurement: nothing to estimate it from
+        if part == "child":
+            startup = (
+                STARTUP_PRIOR_S + self.measured.get("imports", 0.0) + self.measured.get("cuda_context", 0.0)
+            )
+            seconds = startup + loaded + 3 * request
+            basis = f"start-up ~{startup:.0f} s + load {loaded:.1f} s + 3 requests at {request_basis}"
+            return Estimate(seconds, basis)
+        if part == "cold-load":
+            disk = self.measured.get("tree_bytes", 0.0) / DISK_PRIOR_BPS
+            load = self.measured.get("load", 0.0)
+            return Estimate(
+                load + disk, f"warm load {load:.1f} s + reading the tree at {DISK_PRIOR_BPS / GB} GB/s"
+            )
+        if part == "compile":
+            compile_s = self.args.compile_estimate_s
+            if compile_s is None:
+                compile_s = COMPILE_PRIOR_S.get(self.args.compile_backend, OTHER_COMPILE_PRIOR_S)
+            load = 0.0 if self.pipelines else self.measured.get("load", 0.0)
+            return Estimate(
+                compile_s + load + 3 * request,
+                f"compiling ~{compile_s:.0f} s ({self.args.compile_backend}) + 3 requests at {request_basis}"
+                + (f" + load {load:.1f} s" if load else ""),
+            )
+        if part == "encoding":
+            return Estimate(ENCODING_PRIOR_S, "assumed")
+        if part == "weights":
+            return Estimate(WEIGHTS_PRIOR_S, "assumed")
+        if part == "fp32":
+            write, load = self.measured.get("write", 0.0), self.measured.get("load", 0.0)
+            return Estimate(
+                3 * write + 2 * load, f"3 x the fp16 tree's write {write:.1f} s + 2 x load {load:.1f} s"
+            )
+        raise ValueError(f"no estimate for part {part!r}")
+
+    def reserve_after_requests(self) -> float:
+        """The later GPU parts' estimates: extra repetitions of a request run only while these still fit."""
+        later = [part for part in ("child", "cold-load", "compile") if part in self.args.part_list]
+        return sum(estimate.seconds for part in later if (estimate := self.estimate(part)) is not None)
+
+
+def run_config(
+    bench: Bench, pipe: Any, request: Request, garment: Image.Image | None = None
+) -> tuple[dict[str, Any], Image.Image | None]:
+    """`reps` requests of one configuration: mean stage times, peak memory, "OOM", or the error.
+
+    Each request takes a new garment (a garment-cache miss) unless `garment` is given (then a
+    hit, once it is cached). The first repetition runs when its estimate fits the budget; later
+    ones only while the later parts' estimates still fit too. Returns the row and the last
+    garment used."""
+    device, reps = bench.device, bench.args.reps
+    free_memory()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timings: list[Timing] = []
+    row: dict[str, Any] = {"scale": request.scale, "samples": request.samples, "planned": reps,
+                           "garment": "cached (hit)" if garment is not None else "new (miss)"}  # fmt: skip
+    used = garment
+    with MemorySampler(device) as sampler:
+        for rep in range(reps):
+            if rep == 0:
+                per_sample, basis = bench.request_seconds()
+                estimate = Estimate(per_sample * request.samples, f"{request.samples} x {basis}")
+                reason = bench.run.gate(estimate)
+            else:
+                mean = statistics.mean(t.total for t in timings)
+                reason = bench.run.gate(Estimate(mean, "this row's mean"), bench.reserve_after_requests())
+            if reason is not None:
+                row["stopped"] = reason
+                break
+            used = garment if garment is not None else bench.garments.new()
+            try:
+                timings.append(bench.request_once(pipe, request, used))
+            except Exception as error:  # recorded in the row; the part fails at its end
+                if is_out_of_memory(error):
+                    row["oom"] = True
+                else:
+                    row["error"] = one_line(error)
+                break
+    free_memory()  # outside the except block: the traceback no longer pins the tensors
+    row["reps"] = len(timings)
+    if device.type == "cuda":
+        row["peak_allocated"] = torch.cuda.max_memory_allocated(device) / GIB
+        row["peak_reserved"] = torch.cuda.max_memory_reserved(device) / GIB
+        row["peak_device_used"] = sampler.peak / GIB
+    if timings:
+        row["stages"] = {key: statistics.mean(t.stages[key] for t in timings) for key, _ in STAGES}
+        row["total"] = statistics.mean(t.total for t in timings)
+        row["images"] = sum(t.images for t in timings)
+        row["non_finite"] = sum(t.non_finite for t in timings)
+        row["float32_retries"] = sum(t.float32_retries for t in timings)
+    return row, used
+
+
+def fill_garment_cache(bench: Bench, pipe: Any) -> str:
+    """Put new garments into the garment cache until it evicts (full) or `CACHE_FILL_MAX`: the
+    steady state of a worker that has served many garments. Each is the pipeline's own work for a
+    new garment at this run's size with guidance (CLIP, VAE encodes, garment UNet) and one
+    denoising step, latents out (nothing decoded)."""
+    cache, request = bench.cache, bench.request()
+    mask = rectangle_mask(request.width, request.height)
+    full = False
+    for _ in range(CACHE_FILL_MAX):
+        before = len(cache)
+        pipe(
+            bench.person, bench.garments.new(), mask, category="upper_body", num_inference_steps=1,
+            image_guidance_scale=request.scale, generator=0, height=request.height, width=request.width,
+            output_type="latent",
+        )  # fmt: skip
+        if len(cache) <= before:
+            full = True
+            break
+    sync(bench.device)
+    held = f"{len(cache)} entries, {cache.nbytes / MB:.0f} MB of {cache.max_bytes / MB:.0f} MB"
+    if not len(cache):
+        return f"{held} (empty: one entry is larger than the bound)"
+    if full:
+        return f"{held} (full: the last garment evicted the oldest)"
+    return f"{held} (not full: the fill stops after {CACHE_FILL_MAX} garments)"
+
+
+def memory_budget(bench: Bench) -> list[tuple[str, float | None, str]]:
+    """The memory one worker needs: the worst request's peak with the garment cache filled and both
+    model types resident, plus the parsing arenas where they are not on this device."""
+    arenas = parsing_arenas(bench.preprocessor.parser)
+    rows: list[tuple[str, float | None, str]] = []
+    measured = [row for row in bench.report["configs"] if "peak_device_used" in row]
+    worst = max(measured, key=lambda row: row["peak_device_used"]) if measured else None
+    if worst is None:
+        rows.append(("peak device used, worst request", None, "not measured (not a CUDA device)"))
+    else:
+        what = f"guidance {worst['scale']:g} x {worst['samples']} samples"
+        what += ", OOM" if worst.get("oom") else ""
+        note = "the driver's figure: CUDA context, both model types, the filled garment cache, activations"
+        rows.append((f"peak device used, worst request ({what})", worst["peak_device_used"], note))
+    limit = f"{arenas['sessions']} sessions x {arenas['per_session'] / GIB:.2f} GiB"
+    if arenas["on_device"]:
+        rows.append((f"parsing arenas ({limit})", 0.0, "CUDA provider here: inside the peak above"))
+    else:
+        note = "CPU provider here, not on this device: added at the limit production's CUDA sessions may hold"
+        rows.append((f"parsing arenas ({limit})", arenas["bytes"] / GIB, note))
+    if worst is not None:
+        total = worst["peak_device_used"] + (0.0 if arenas["on_device"] else arenas["bytes"] / GIB)
+        headroom = " / ".join(f"{card - total:+.2f}" for card in (24, 48, 80))
+        rows.append(("total", total, f"left on a 24 / 48 / 80 GiB card: {headroom}"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ parts
+def part_write_tree(bench: Bench) -> str:
+    """The tree in the image's form, plus the preprocessing networks."""
+    from bench.models import write_tree
+
+    load = bench.report["load"]
+    load["imports (diffusers, transformers, onnxruntime)"] = (bench.measured["imports"], "")
+    if bench.device.type == "cuda":
+        start = time.perf_counter()
+        torch.empty(1, device=bench.device)  # creates the CUDA context
+        bench.measured["cuda_context"] = time.perf_counter() - start
+        load["CUDA context"] = (bench.measured["cuda_context"], "")
+    start = time.perf_counter()
+    write_tree(bench.root, bench.args.size, (bench.main_type,), bench.device, fp16=True)
+    free_memory()
+    bench.measured["write"] = time.perf_counter() - start
+    files = [path for path in bench.root.rglob("*") if path.is_file()]
+    bench.measured["tree_bytes"] = sum(path.stat().st_size for path in files)
+    where = f"{bench.measured['tree_bytes'] / GB:.2f} GB on {filesystem_of(bench.root)}"
+    load[f"write {bench.args.size} tree ({bench.main_type} fp16 + preprocessing)"] = (
+        bench.measured["write"],
+        f"{where}; diffusion networks built on {bench.device.type}",
+    )
+    return where
+
+
+def part_load(bench: Bench) -> str:
+    """hd from the files just written, the preprocessor, the other types in memory, one garment cache."""
+    from ootd.garment_cache import GarmentCache
+    from preprocess import Preprocessor
+
+    bench.cache = GarmentCache(int(bench.args.garment_cache_mb * MB))
+    main = bench.main_type
+    pipelines, seconds = load_timed(bench.root, main, bench.device, bench.dtype, bench.cache)
+    bench.measured["load"] = seconds
+    bench.dtype = pipelines[main].unet_vton.dtype
+    load = bench.report["load"]
+    load[f"load {main} fp16 files (just written: in the page cache)"] = (seconds, "")
+    start = time.perf_counter()
+    bench.preprocessor = Preprocessor.from_checkpoints(bench.root, device=bench.device)
+    bench.measured["preprocessor"] = time.perf_counter() - start
+    load["preprocessor load (pose + 2 parsing sessions)"] = (bench.measured["preprocessor"], "")
+    for model_type in bench.args.model_type_list[1:]:
+        start = time.perf_counter()
+        pipelines[model_type] = build_in_memory(pipelines[main], bench.root, model_type, bench.device)
+        load[f"build {model_type} UNets in memory"] = (time.perf_counter() - start, "random; not a load")
+    bench.pipelines = pipelines
+    parser = bench.preprocessor.parser
+    setup = bench.report["setup"]
+    setup["dtype (UNets, VAE)"] = str(bench.dtype).removeprefix("torch.")
+    sessions = (parser.atr_session, parser.lip_session)
+    setup["parsing providers"] = ", ".join(sorted({name for s in sessions for name in s.get_providers()}))
+    setup["pose device"] = str(bench.preprocessor.pose.device)
+    setup["model types resident"] = ",".join(pipelines)
+    free_memory()
+    resident = ",".join(pipelines)
+    bench.report["memory"].append((f"after loading ({resident} resident)", memory_snapshot(bench.device)))
+    return f"{resident} resident"
+
+
+def part_requests(bench: Bench) -> str:
+    """The first request, the cache filled, the configurations, a cached garment, the budget."""
+    pipe = bench.pipelines[bench.main_type]
+    first = bench.request_once(pipe, bench.request())
+    bench.measured["request"] = first.total
+    bench.report["first"]["first request in this process, no warm-up (new garment)"] = (first.total, "")
+    bench.report["setup"]["pose on random weights"] = first.pose_outcome
+    filled = fill_garment_cache(bench, pipe)
+    bench.report["memory"].append((f"garment cache filled: {filled}", memory_snapshot(bench.device)))
+    rows = bench.report["configs"]
+    for scale in bench.args.scale_list:
+        for samples in bench.args.sample_list:
+            row, garment = run_config(bench, pipe, bench.request(scale, samples))
+            rows.append(row)
+            if len(rows) == 1 and row["reps"]:
+                if scale == SCALES[0] and samples == 1:
+                    bench.measured["request"] = row["total"]  # steady state, for the estimates
+                rows.append(run_config(bench, pipe, bench.request(scale, samples), garment)[0])
+            log(f"guidance {scale:g} x {samples} samples: {row_outcome(row)}")
+    bench.report["budget"] = memory_budget(bench)
+    failed = [row for row in rows if "error" in row]
+    if failed:
+        first_error = failed[0]["error"]
+        raise SomeRequestsFailed(f"{len(failed)} of {len(rows)} configurations failed, first: {first_error}")
+    return filled
+
+
+def row_outcome(row: dict[str, Any]) -> str:
+    if row.get("oom"):
+        return "OOM"
+    if "error" in row:
+        return f"failed ({row['error']})"
+    if not row["reps"]:
+        return f"skipped ({row.get('stopped', '')})"
+    return f"{row['total']:.3f} s"
+
+
+def part_child(bench: Bench) -> str:
+    """First and second request after `worker.warmup.warm_up` in a fresh process, which has the
+    device to itself (this process frees its pipelines first; the cold load reloads)."""
+    bench.free_pipelines()
+    start = time.perf_counter()
+    child = run_child(bench.args, bench.root, timeout=max(1.0, bench.run.left()))
+    wall = time.perf_counter() - start
+    segments = ("load", "preprocessor", "warm_up", "first", "second")
+    first = bench.report["first"]
+    first["child: start-up (interpreter, imports, CUDA context)"] = (
+        wall - sum(child[key] for key in segments),
+        "the child's wall time minus the rows below",
+    )
+    first[f"child: load {bench.main_type} fp16 (files in the page cache)"] = (child["load"], "")
+    first["child: preprocessor load"] = (child["preprocessor"], "")
+    warm_up = "worker.warmup: pose, parsing, a 2-step try-on at the smallest size"
+    first["child: warm_up()"] = (child["warm_up"], warm_up)
+    first["child: first request after warm-up (new garment)"] = (child["first"], "")
+    first["child: second request (new garment)"] = (child["second"], "")
+    return f"{wall:.1f} s in all"
+
+
+def part_cold_load(bench: Bench) -> str:
+    """hd from its fp16 files after dropping them from the page cache."""
+    bench.free_pipelines()
+    dropped = drop_page_cache(bench.root, system_wide=bench.device.type == "cuda")
+    bench.pipelines, seconds = load_timed(bench.root, bench.main_type, bench.device, bench.dtype)
+    bench.report["load"][f"cold load {bench.main_type} fp16 files"] = (seconds, cache_note(dropped))
+    return cache_note(dropped)
+
+
+def part_compile(bench: Bench) -> str:
+    """An eager request, then `compile_pipeline` and two requests: compile time and step ratio."""
+    from ootd.compile import compile_pipeline
+
+    table = bench.report["compile"]
+    if not bench.pipelines:
+        bench.pipelines, seconds = load_timed(bench.root, bench.main_type, bench.device, bench.dtype)
+        table[f"load {bench.main_type} (the cold load did not run)"] = (seconds, "files in the page cache")
+    pipe = bench.pipelines[bench.main_type]
+    request = bench.request()
+    counters = torch._dynamo.utils.counters["stats"]
+    graphs = counters["unique_graphs"]
+    try:
+        eager = bench.request_once(pipe, request)
+        table["eager request (new garment)"] = (eager.total, "")
+        compile_pipeline(pipe, backend=bench.args.compile_backend)
+        compiling = bench.request_once(pipe, request)
+        captured = counters["unique_graphs"] - graphs
+        table["first compiled request (compile included)"] = (
+            compiling.total,
+            f"backend {bench.args.compile_backend}; dynamo captured {captured} graph(s)",
+        )
+        table["compile time (that minus the eager request)"] = (compiling.total - eager.total, "")
+        compiled = bench.request_once(pipe, request)
+        speed_up = f"{eager.total / compiled.total:.2f}x faster than eager"
+        table["second compiled request"] = (compiled.total, speed_up)
+        table["mean step, eager"] = (eager.stages["step"], "")
+        ratio = eager.stages["step"] / compiled.stages["step"]
+        table["mean step, compiled"] = (compiled.stages["step"], f"{ratio:.2f}x faster than eager")
+    finally:
+        bench.free_pipelines()  # compiled modules are not reused
+        torch._dynamo.reset()
+    return f"compile {compiling.total - eager.total:.1f} s, step {ratio:.2f}x"
+
+
+def part_encoding(bench: Bench) -> str:
+    from bench.bench_encoding import sequential_vs_parallel
+
+    times = sequential_vs_parallel(runs=1 if bench.args.quick else 3)
+    for output_format, (sequential, parallel) in times.items():
+        bench.report["encoding"][output_format] = (sequential, parallel)
+    return f"{os.cpu_count()} CPUs"
+
+
+def part_weights(bench: Bench) -> str:
+    from bench.models import parameter_counts, weight_bytes
+
+    counts = parameter_counts()
+    bench.report["weights"] = {
+        types: weight_bytes(counts, tuple(types.split(","))) for types in ("hd", "hd,dc")
+    }
+    return ""
+
+
+def part_fp32(bench: Bench) -> str:
+    """The hub's fp32 files for hd written over the tree, their cold load, then the image build's
+    conversion (`builder.to_fp16`) back to the form the other parts measured."""
+    from bench.models import write_diffusion
+    from builder.to_fp16 import convert_tree
+    from ootd import layout as ootd_layout
+
+    bench.free_pipelines()
+    main, load = bench.main_type, bench.report["load"]
+    for folder in (ootd_layout.OOTD_DIR, ootd_layout.CLIP_DIR):
+        shutil.rmtree(bench.root / folder)
+    start = time.perf_counter()
+    write_diffusion(bench.root, bench.args.size, (main,), bench.device, fp16=False)
+    free_memory()
+    written = sum(path.stat().st_size for path in bench.root.rglob("*") if path.is_file())
+    load[f"write {main} fp32 (hub formats)"] = (time.perf_counter() - start, f"tree {written / GB:.2f} GB")
+    dropped = drop_page_cache(bench.root, system_wide=bench.device.type == "cuda")
+    pipelines, seconds = load_timed(bench.root, main, bench.device, bench.dtype)
+    del pipelines
+    free_memory()
+    load[f"cold load {main} fp32 files"] = (seconds, cache_note(dropped))
+    start = time.perf_counter()
+    converted = convert_tree(bench.root)
+    load["builder.to_fp16 on that tree"] = (
+        time.perf_counter() - start,
+        f"{converted.bytes_before / GB:.2f} GB -> {converted.bytes_after / GB:.2f} GB "
+        f"in {len(converted.converted)} files",
+    )
+    return f"fp32 cold load {seconds:.1f} s"
+
+
+PART_WORK: dict[str, Callable[[Bench], str]] = {
+    "requests": part_requests,
+    "child": part_child,
+    "cold-load": part_cold_load,
+    "compile": part_compile,
+    "encoding": part_encoding,
+    "weights": part_weights,
+    "fp32": part_fp32,
+}
+
+
+# --------------------------------------------------------------------------------- warm-up child
+def child_main(args: argparse.Namespace) -> None:
+    """In a fresh process: load one model type, warm up, then the first and second request."""
+    from ootd.garment_cache import GarmentCache
+    from preprocess import Preprocessor
+    from worker.warmup import warm_up
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model_type = args.model_type_list[0]
+    cache = GarmentCache(int(args.garment_cache_mb * MB))
+    pipelines, load_s = load_timed(args.child_root, model_type, device, dtype, cache)
+    start = time.perf_counter()
+    preprocessor = Preprocessor.from_checkpoints(args.child_root, device=device)
+    preprocessor_s = time.perf_counter() - start
+    warm_s = warm_up(pipelines, preprocessor)
+    request = Request(args.height, args.width, args.steps, SCALES[0], 1)
+    person, garments, pipe = person_photo(), Garments(), pipelines[model_type]
+    first = run_request(pipe, preprocessor, request, device, person, garments.new()).total
+    second = run_request(pipe, preprocessor, request, device, person, garments.new()).total
+    print(json.dumps({"load": load_s, "preprocessor": preprocessor_s, "warm_up": warm_s, "first": first,
+                      "second": second}))  # fmt: skip
+
+
+def run_child(args: argparse.Namespace, root: Path, timeout: float) -> dict[str, Any]:
+    command = [
+        sys.executable, "-m", "bench.gpu", "--child-root", str(root), "--device", args.device,
+        "--resolution", f"{args.height}x{args.width}", "--steps", str(args.steps),
+        "--model-types", args.model_type_list[0], "--garment-cache-mb", str(args.garment_cache_mb),
+    ]  # fmt: skip
+    if args.dtype:
+        command += ["--dtype", args.dtype]
+    try:
+        completed = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as error:
+        raise TimeoutError(f"the child was killed at the end of the budget, after {timeout:.0f} s") from error
+    if completed.returncode != 0:
+        tail = completed.stderr.strip().splitlines()
+        for line in tail[-20:]:
+            log(f"child: {line}")
+        raise RuntimeError(f"the child exited with {completed.returncode}: {(tail or ['no output'])[-1]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--size", choices=tuple(RUN_DEFAULTS), default="full", help="network sizes (tiny, mid: for a CPU)")
+    add("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    dtypes = ("float16", "bfloat16", "float32")
+    add(
+        "--dtype",
+        choices=dtypes,
+        help="UNet/VAE dtype (default: the worker's, float16 on CUDA, float32 on CPU)",
+    )
+    add(
+        "--budget-s", type=float, default=DEFAULT_BUDGET_S, help="seconds for the whole run (parts are gated)"
+    )
+    add("--parts", default=",".join(DEFAULT_PARTS), help=f"which of {','.join(PARTS)} to run (in that order)")
+    add("--with-fp32", action="store_true", help="also the fp32 files: write, cold load, builder.to_fp16")
+    add("--quick", action="store_true", help="one repetition per configuration")
+    add("--out", type=Path, default=None, help="also write the report into this folder")
+    add("--results-dir", type=Path, default=RESULTS_DIR, help="where the report is kept")
+    add("--workdir", type=Path, default=None, help="where to write the temporary tree")
+    add("--resolution", default=None, help="HxW (default 1024x768 full, 128x128 tiny)")
+    add("--steps", type=int, default=None, help="denoising steps (default 20 full, 2 tiny)")
+    add("--scales", default=",".join(f"{s:g}" for s in SCALES), help="image guidance scales")
+    add("--samples", default=",".join(str(s) for s in SAMPLES), help="samples per request")
+    add("--model-types", default="hd,dc", help="hd (timed, from files) then dc (built in memory)")
+    add(
+        "--garment-cache-mb",
+        type=float,
+        default=None,
+        help="the garment cache's bound (default: the worker's)",
+    )
+    add("--compile-backend", default="inductor", help="torch.compile backend (eager: a quick CPU check)")
+    add("--compile-estimate-s", type=float, default=None, help="compile seconds the compile gate assumes")
+    add("--child-root", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    defaults = RUN_DEFAULTS[args.size]
+    if args.resolution is None:
+        args.height, args.width = defaults["resolution"]
+    else:
+        args.height, args.width = (int(v) for v in args.resolution.lower().split("x"))
+    args.steps = args.steps or defaults["steps"]
+    args.reps = defaults["quick_reps"] if args.quick else defaults["reps"]
+    args.scale_list = tuple(float(v) for v in args.scales.split(","))
+    args.sample_list = tuple(int(v) for v in args.samples.split(","))
+    args.model_type_list = tuple(args.model_types.split(","))
+    args.part_list = tuple(part for part in args.parts.split(",") if part)
+    args.part_list += ("fp32",) if args.with_fp32 and "fp32" not in args.part_list else ()
+    unknown = sorted(set(args.part_list) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)} (choose from {', '.join(PARTS)})")
+    if args.garment_cache_mb is None:
+        from ootd.garment_cache import DEFAULT_GARMENT_CACHE_MB
+
+        args.garment_cache_mb = DEFAULT_GARMENT_CACHE_MB
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def cache_note(cache: dict[str, Any]) -> str:
+    resident = cache["resident_after_drop"]
+    share = "unknown" if resident is None else f"{100 * resident:.0f} %"
+    return f"drop_caches {cache['drop_caches']}, fadvise DONTNEED; {share} of the files still cached"
+
+
 def versions() -> dict[str, str]:
     import diffusers
     import huggingface_hub
@@ -518,401 +1066,50 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
 
 
-def _s(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _gib(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def render(report: dict[str, Any]) -> str:
-    """The markdown report: one table per section; sections not reached yet are left out."""
-    setup = report["setup"]
-    lines = [f"# bench.gpu: {setup['device']} ({setup['date']})", "", f"Status: {report['status']}.", ""]
-    lines += ["## Setup", "", "| item | value |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in setup.items()]
-
-    if "weights" in report:
-        lines += ["", "## Weights (bytes the worker reads, from the real parameter counts)", ""]
-        lines += ["| model types | fp32 GB | after fp16 step GB |", "|---|---|---|"]
-        for types, sizes in report["weights"].items():
-            lines.append(f"| {types} | {sizes['fp32'] / GB:.2f} | {sizes['fp16'] / GB:.2f} |")
-
-    if report["load"]:
-        lines += ["", "## Load (one model type, hd)", "", "| what | seconds | note |", "|---|---|---|"]
-        for name, (seconds, note) in report["load"].items():
-            lines.append(f"| {name} | {_s(seconds)} | {note} |")
-
-    if "resident" in report:
-        memory = report["resident"]
-        lines += ["", "## Memory with both model types resident (GiB)", ""]
-        lines += ["| when | torch allocated | torch reserved | device used (driver) |", "|---|---|---|---|"]
-        if memory:
-            lines.append(
-                f"| after loading | {_gib(memory['allocated'])} | {_gib(memory['reserved'])} | "
-                f"{_gib(memory['device_used'])} of {_gib(memory['device_total'])} |"
-            )
-        else:
-            lines.append("| after loading | n/a | n/a | n/a (not a CUDA device) |")
-
-    if report.get("configs"):
-        req = report["request"]
-        lines += [
-            "",
-            f"## Requests (hd, {req['height']}x{req['width']}, {req['steps']} steps; mean of reps; seconds)",
-            "",
-            "| guidance | samples | reps | "
-            + " | ".join(label for _, label in STAGES)
-            + " | s/request | s/sample | peak allocated GiB | peak reserved GiB | peak device used GiB |",
-            "|" + "---|" * (len(STAGES) + 8),
-        ]
-        for row in report["configs"]:
-            memory_cells = [_gib(row.get(key)) for key in PEAK_KEYS]
-            if row.get("oom"):
-                cells = ["OOM"] * (len(STAGES) + 2)
-            else:
-                cells = [_s(row["stages"][key]) for key, _ in STAGES]
-                cells += [_s(row["total"]), _s(row["total"] / row["samples"])]
-            head = f"| {row['scale']:g} | {row['samples']} | {row['reps']} | "
-            lines.append(head + " | ".join(cells + memory_cells) + " |")
-
-    if report["first"]:
-        lines += ["", "## First request vs later (hd, guidance 2, 1 sample)", ""]
-        lines += ["| case | seconds | note |", "|---|---|---|"]
-        for name, (seconds, note) in report["first"].items():
-            lines.append(f"| {name} | {_s(seconds)} | {note} |")
-
-    lines += ["", "## Elapsed per part of this run", "", "| part | seconds | CPU seconds |", "|---|---|---|"]
-    parts: Parts = report["parts"]
-    cpu = parts.cpu_seconds
-    lines += [f"| {name} | {seconds:.1f} | {cpu[name]:.1f} |" for name, seconds in parts.seconds.items()]
-    lines += [f"| total | {parts.elapsed():.1f} | {time.process_time():.1f} |", ""]
-    return "\n".join(lines)
-
-
-class ReportFiles:
-    """The report's file in each folder, rewritten after every part: a run stopped by a time
-    limit still leaves the tables of the parts it finished."""
-
-    def __init__(self, report: dict[str, Any], folders: list[Path]) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
-        words = "".join(c if c.isalnum() else " " for c in report["setup"]["device"].lower()).split()
-        self.name = f"gpu-{stamp}-{'-'.join(words)[:40].strip('-')}.md"
-        self.report, self.folders = report, folders
-
-    def save(self, status: str) -> str:
-        self.report["status"] = status
-        text = render(self.report)
-        for folder in self.folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / self.name).write_text(text)
-        return text
-
-    @property
-    def paths(self) -> list[Path]:
-        return [folder / self.name for folder in self.folders]
-
-
-# --------------------------------------------------------------------------------- warm-up child
-def child_main(args: argparse.Namespace) -> None:
-    """In a fresh process: load one model type, warm up, then the first and second request."""
-    from preprocess import Preprocessor
-
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    from ootd.pipeline import resolve_device_dtype
-
-    device, dtype = resolve_device_dtype(device, dtype)
-    pipelines, load_s = load_timed(args.root, args.model_type, device, dtype)
-    preprocessor = Preprocessor.from_checkpoints(args.root, device=device)
-    warm_up = warm_up_function()
-    warm_s = warm_up(pipelines, preprocessor) if warm_up is not None else None
-    request = Request(args.height, args.width, args.steps, 2.0, 1)
-    pipe = pipelines[args.model_type]
-    first = run_request(pipe, preprocessor, request, device).total
-    second = run_request(pipe, preprocessor, request, device).total
-    print(json.dumps({"load": load_s, "warm_up": warm_s, "first": first, "second": second}))
-
-
-def run_child(args: argparse.Namespace, root: Path, request: Request, timeout: float) -> dict[str, Any]:
-    command = [
-        sys.executable, "-m", "bench.gpu", "--child-root", str(root), "--device", args.device,
-        "--resolution", f"{request.height}x{request.width}", "--steps", str(request.steps),
-    ]  # fmt: skip
-    if args.dtype:
-        command += ["--dtype", args.dtype]
-    completed = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if completed.returncode != 0:
-        tail = completed.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"warm-up child failed ({completed.returncode}): {tail[0]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
-# ------------------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--size",
-        choices=tuple(RUN_DEFAULTS),
-        default="full",
-        help="network sizes (tiny, mid: for CPU; see bench.models)",
-    )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--dtype",
-        choices=("float16", "bfloat16", "float32"),
-        default=None,
-        help="UNet/VAE dtype (default: the worker's, float16 on CUDA, float32 on CPU)",
-    )
-    parser.add_argument("--quick", action="store_true", help="one repetition per configuration")
-    parser.add_argument("--out", type=Path, default=None, help="also write the report into this folder")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the report is kept")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write the temporary tree")
-    parser.add_argument("--resolution", default=None, help="HxW (default 1024x768 full, 128x128 tiny)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20 full, 2 tiny)")
-    parser.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES), help="image guidance scales")
-    parser.add_argument("--samples", default=",".join(str(s) for s in SAMPLES), help="samples per request")
-    parser.add_argument(
-        "--model-types",
-        default="hd,dc",
-        help="hd (timed, from files) then dc (built in memory); 'hd' alone saves memory",
-    )
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="time the compiled try-on UNet (default: on with CUDA, off on a CPU)",
-    )
-    parser.add_argument("--child-root", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    defaults = RUN_DEFAULTS[args.size]
-    if args.resolution is None:
-        args.height, args.width = defaults["resolution"]
-    else:
-        args.height, args.width = (int(v) for v in args.resolution.lower().split("x"))
-    args.steps = args.steps or defaults["steps"]
-    args.reps = defaults["quick_reps"] if args.quick else defaults["reps"]
-    args.scale_list = tuple(float(v) for v in args.scales.split(","))
-    args.sample_list = tuple(int(v) for v in args.samples.split(","))
-    args.model_type_list = tuple(args.model_types.split(","))
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.compile is None:
-        args.compile = torch.device(args.device).type == "cuda"
-    return args
-
-
-def _cache_note(cache: dict[str, Any]) -> str:
-    resident = cache["resident_after_drop"]
-    share = "unknown" if resident is None else f"{100 * resident:.0f} %"
-    return f"drop_caches {cache['drop_caches']}, fadvise DONTNEED; {share} of the files still cached"
-
-
-def load_phase(
-    args: argparse.Namespace, root: Path, device: torch.device, dtype: torch.dtype, parts: Parts, load: dict
-) -> tuple[dict[str, Any], Any]:
-    """Write the tree, cold-load it fp32 (and fp16 when `builder.to_fp16` is there), load the
-    preprocessor and build the other model types in memory. Returns (pipelines, preprocessor)."""
-    from bench.models import write_tree
-    from preprocess import Preprocessor
-
-    main_type, *other_types = args.model_type_list
-    system_wide = device.type == "cuda"  # a GPU machine of one's own, never a shared CPU box
-    with parts.part("write tree"):
-        write_tree(root, args.size, (main_type,), device)
-        free_memory()
-    written = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
-    load[f"write {args.size} tree ({main_type} fp32 + preprocessing)"] = (
-        parts.seconds["write tree"],
-        f"{written / GB:.2f} GB on {filesystem_of(root)}",
-    )
-
-    with parts.part("cold load fp32"):
-        cache = drop_page_cache(root, system_wide)
-        pipelines, seconds = load_timed(root, main_type, device, dtype)
-    load[f"cold load {main_type} fp32 (diffusion)"] = (seconds, _cache_note(cache))
-    with parts.part("preprocessor load"):
-        start = time.perf_counter()
-        preprocessor = Preprocessor.from_checkpoints(root, device=device)
-    load["preprocessor load (pose + 2 parsing sessions)"] = (time.perf_counter() - start, "")
-
-    convert = fp16_converter()
-    if convert is None:
-        load[f"cold load {main_type} fp16 (diffusion)"] = (None, "builder.to_fp16 not merged yet")
-    else:
-        del pipelines
-        free_memory()
-        with parts.part("fp16 convert + cold load"):
-            start = time.perf_counter()
-            convert(root)
-            converted = time.perf_counter() - start
-            cache = drop_page_cache(root, system_wide)
-            pipelines, seconds = load_timed(root, main_type, device, dtype)
-        load["fp16 conversion (builder.to_fp16)"] = (converted, f"tree now {cache['bytes'] / GB:.2f} GB")
-        load[f"cold load {main_type} fp16 (diffusion)"] = (seconds, _cache_note(cache))
-
-    with parts.part("other model types in memory"):
-        for model_type in other_types:
-            start = time.perf_counter()
-            pipelines[model_type] = build_in_memory(pipelines[main_type], root, model_type, device, dtype)
-            load[f"build {model_type} UNets in memory"] = (time.perf_counter() - start, "random; not a load")
-    free_memory()
-    return pipelines, preprocessor
-
-
-def request_phase(
-    args: argparse.Namespace, pipe: Any, preprocessor: Any, device: torch.device, parts: Parts, report: dict
-) -> tuple[Timing, Timing]:
-    """The first and second request, then the guidance x samples matrix. Returns the first two."""
-    request = Request(args.height, args.width, args.steps, SCALES[0], 1)
-    with parts.part("first and second request"):
-        first = run_request(pipe, preprocessor, request, device)
-        second = run_request(pipe, preprocessor, request, device)
-    report["first"]["first request, fresh process, no warm-up"] = (first.total, "")
-    report["first"]["second request"] = (second.total, "")
-    report["configs"] = []
-    reps = args.reps
-    if parts.elapsed() > MATRIX_LATE_S and reps > 1:
-        reps = 1
-        report["setup"]["repetitions"] = f"1 (the run was past {MATRIX_LATE_S:.0f} s before the matrix)"
-    with parts.part("request matrix"):
-        for scale in args.scale_list:
-            for samples in args.sample_list:
-                request = Request(args.height, args.width, args.steps, scale, samples)
-                row = run_config(pipe, preprocessor, request, reps, device)
-                report["configs"].append(row)
-                outcome = "OOM" if row.get("oom") else f"{row['total']:.3f} s"
-                log(f"guidance {scale:g} x {samples} samples: {outcome}")
-    return first, second
-
-
-def cache_phase(
-    args: argparse.Namespace, pipe: Any, preprocessor: Any, device: torch.device, parts: Parts, first: dict
-) -> None:
-    """Issue 12's savings on this host: the whole request with the garment's conditioning computed
-    (miss) and taken from the garment cache (hit, same garment again), and 4 samples' output
-    encoding one after the other vs in the worker's threads. (A house-model mask hit is a lookup:
-    it saves the pose and parsing rows of the stage table.)"""
-    from bench.bench_encoding import sequential_vs_parallel
-    from ootd.garment_cache import DEFAULT_GARMENT_CACHE_MB, MB, GarmentCache
-
-    request = Request(args.height, args.width, args.steps, SCALES[0], 1)
-    with parts.part("garment cache and encoding"):
-        pipe.garment_cache = GarmentCache(DEFAULT_GARMENT_CACHE_MB * MB)
-        try:
-            miss = run_request(pipe, preprocessor, request, device)
-            hit = run_request(pipe, preprocessor, request, device)
-        finally:
-            pipe.garment_cache = None
-        encoding = sequential_vs_parallel(runs=1 if args.quick else 3)
-    first["garment cache: miss (whole request)"] = (miss.total, "")
-    first["garment cache: hit (same garment again)"] = (hit.total, f"{hit.total / miss.total:.2f}x the miss")
-    for output_format, (sequential, parallel) in encoding.items():
-        note = f"{os.cpu_count()} CPUs; sequential {sequential:.3f} s: {sequential / parallel:.2f}x"
-        first[f"4 x 768x1024 {output_format}, parallel encoding"] = (parallel, note)
-
-
-def compile_phase(
-    args: argparse.Namespace, pipe: Any, preprocessor: Any, device: torch.device, parts: Parts,
-    eager: Timing, first: dict,
-) -> None:  # fmt: skip
-    """Compile the try-on UNet in place, then time two requests against the eager `eager` one."""
-    if not args.compile:
-        return
-    if parts.elapsed() > COMPILE_LATE_S:
-        first["compile"] = (None, f"skipped: the run was past {COMPILE_LATE_S:.0f} s")
-        return
-    from ootd.compile import compile_pipeline
-
-    request = Request(args.height, args.width, args.steps, SCALES[0], 1)
-    with parts.part("compile (try-on UNet)"):
-        compile_pipeline(pipe)
-        compiling = run_request(pipe, preprocessor, request, device)
-        compiled = run_request(pipe, preprocessor, request, device)
-    eager_step, compiled_step = eager.stages["step"], compiled.stages["step"]
-    ratio = f"eager {eager_step:.3f} s: {eager_step / compiled_step:.2f}x"
-    first["compile: first compiled request (compile included)"] = (compiling.total, "")
-    first["compile: compile time (that minus the eager second request)"] = (compiling.total - eager.total, "")
-    first["compile: second compiled request"] = (compiled.total, "")
-    first["compile: mean step, compiled"] = (compiled_step, ratio)
-
-
-def warm_up_phase(args: argparse.Namespace, root: Path, parts: Parts, first: dict) -> None:
-    """First request after `warm_up` in a fresh child process (the parent's models are freed)."""
-    key = "first request after warm-up"
-    if warm_up_function() is None:
-        first[key] = (None, "worker.warmup not merged yet")
-        return
-    if parts.elapsed() > SOFT_LIMIT_S:
-        first[key] = (None, f"skipped: the run was past {SOFT_LIMIT_S:.0f} s")
-        return
-    request = Request(args.height, args.width, args.steps, SCALES[0], 1)
-    with parts.part("warm-up child process"):
-        try:
-            child = run_child(args, root, request, timeout=max(60.0, CHILD_DEADLINE_S - parts.elapsed()))
-        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as error:
-            first[key] = (None, f"failed: {error}")
-            return
-    first["child: load hd (fresh process, files in page cache)"] = (child["load"], "")
-    first["child: warm_up()"] = (child["warm_up"], "")
-    first[key] = (child["first"], "")
-    first["second request after warm-up"] = (child["second"], "")
-
-
 def main(argv: list[str] | None = None) -> str:
     """Run the benchmark (or, with the hidden --child-root, the warm-up child) and return the report."""
     args = parse_args(argv)
     if args.child_root is not None:
-        args.root, args.model_type = args.child_root, "hd"
         child_main(args)
         return ""
-    from bench.models import parameter_counts, weight_bytes
-    from ootd.pipeline import resolve_device_dtype
-
-    requested = getattr(torch, args.dtype) if args.dtype else None
-    device, dtype = resolve_device_dtype(torch.device(args.device), requested)
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    libraries = versions()  # imports diffusers, transformers and onnxruntime
+    imports = time.perf_counter() - start
     setup = {
         "device": device_name(device),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        **versions(),
+        **libraries,
+        "arguments": " ".join(sys.argv[1:] if argv is None else argv) or "(none)",
         "networks": RUN_DEFAULTS[args.size]["networks"],
-        "dtype (UNets, VAE)": str(dtype).removeprefix("torch."),
+        "tree": "builder.to_fp16's form, written directly: UNets and VAE float16, text encoder float32 "
+        "(safetensors), CLIP as published",
         "tokenizer": "tiny (tiny_checkpoints.diffusion; ids within CLIP's vocabulary, same prompt lengths)",
         "mask": "fixed torso rectangle (pose and parsing are timed on their own)",
         "repetitions": args.reps,
+        "garment cache": f"{args.garment_cache_mb:g} MB, one for all model types",
     }
-    report: dict[str, Any] = {"setup": setup, "load": {}, "first": {}}
+    report: dict[str, Any] = {
+        "setup": setup, "load": {}, "memory": [], "budget": [], "configs": [], "first": {}, "compile": {},
+        "encoding": {}, "request": {"height": args.height, "width": args.width, "steps": args.steps},
+    }  # fmt: skip
     files = ReportFiles(report, [args.results_dir] + ([args.out] if args.out is not None else []))
-    parts = Parts(on_end=lambda name: files.save(f"partial, last finished part: {name}"))
-    report["parts"] = parts
-
-    with parts.part("weights (meta device)"):
-        counts = parameter_counts()
-        report["weights"] = {"hd": weight_bytes(counts, ("hd",)), "hd,dc": weight_bytes(counts, ("hd", "dc"))}
-
+    run = Run(args.budget_s, on_change=lambda _: files.save(), on_end=lambda _: free_memory(), log=log)
+    report["run"] = run
     with tempfile.TemporaryDirectory(prefix="bench-gpu-", dir=args.workdir) as scratch:
-        root = Path(scratch)
-        pipelines, preprocessor = load_phase(args, root, device, dtype, parts, report["load"])
-        sessions = (preprocessor.parser.atr_session, preprocessor.parser.lip_session)
-        setup["parsing providers"] = ", ".join(sorted({name for s in sessions for name in s.get_providers()}))
-        setup["pose device"] = str(preprocessor.pose.device)
-        setup["model types resident"] = ",".join(pipelines)
-        report["resident"] = memory_snapshot(device)
-        report["request"] = {"height": args.height, "width": args.width, "steps": args.steps}
-        pipe = pipelines[args.model_type_list[0]]
-        first, second = request_phase(args, pipe, preprocessor, device, parts, report)
-        cache_phase(args, pipe, preprocessor, device, parts, report["first"])
-        compile_phase(args, pipe, preprocessor, device, parts, second, report["first"])
-        del pipe
-        setup["pose on random weights"] = first.pose_outcome
-        del pipelines
-        free_memory()
-        warm_up_phase(args, root, parts, report["first"])
-
-    text = files.save("complete")
+        requested = getattr(torch, args.dtype) if args.dtype else None
+        bench = Bench(args, device, requested, Path(scratch), report, run)
+        bench.measured["imports"] = imports
+        run.part("write-tree", lambda: part_write_tree(bench), gated=False)
+        run.part("load", lambda: part_load(bench), needs=NEEDS["load"], gated=False)
+        for name in PARTS:
+            if name not in args.part_list:
+                run.skip(name, "not asked (--with-fp32 runs it)" if name == "fp32" else "not asked (--parts)")
+                continue
+            work = PART_WORK[name]
+            run.part(name, lambda work=work: work(bench), bench.estimate(name), NEEDS.get(name, ()))
+        bench.free_pipelines()
+    text = files.save(ended=True)
     print(text, flush=True)
     for path in files.paths:
         log(f"wrote {path}")

@@ -136,21 +136,35 @@ def unet_like(folder: Path) -> UNet2DConditionModel:
     return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder))
 
 
-def write_ootd(root: Path, model_type: str, size: str = "full", device: torch.device | str = "cpu") -> None:
+def write_ootd(
+    root: Path,
+    model_type: str,
+    size: str = "full",
+    device: torch.device | str = "cpu",
+    fp16: bool = False,
+) -> None:
     """Overwrite the VAE, text encoder, CLIP and `model_type`'s two UNets under `root` (a tree
     written by `tiny_checkpoints.diffusion`, which supplies the tokenizer, scheduler and configs)
     with randomly initialised networks of `size` ("mid" or "full") in the hub's formats. One
     network at a time is in memory; each is built on `device` (initialising 0.9 G parameters takes
-    a fraction of a second on a GPU, tens of seconds on two CPU cores) and saved from the CPU."""
+    a fraction of a second on a GPU, tens of seconds on two CPU cores) and saved from the CPU.
+
+    `fp16`: the UNets and the VAE are saved in float16 (`FP16_GROUPS`, what `builder.to_fp16`
+    casts), half the bytes to move and write; `write_tree` then finishes the converted form."""
     root = Path(root)
+
+    def saved(model: torch.nn.Module) -> torch.nn.Module:
+        # `half()`, not diffusers' `to(dtype)`, which warns about modules to keep in fp32 (none here).
+        return (model.half() if fp16 else model).to("cpu")
+
     for which in UNET_IN_CHANNELS:
         with torch.device(device):
             model = unet(which, size)
-        save_unet(model.to("cpu"), root, model_type, which)
+        save_unet(saved(model), root, model_type, which)
         del model
     with torch.device(device):
         vae = AutoencoderKL(**VAE_CONFIGS[size])
-    save_vae(vae.to("cpu"), root)
+    save_vae(saved(vae), root)
     del vae
     with torch.device(device):
         text_encoder = CLIPTextModel(text_config())
@@ -204,23 +218,65 @@ def person_label_maps(root: Path) -> dict[str, np.ndarray]:
 
 
 def write_tree(
-    root: Path, size: str, model_types: tuple[str, ...] = ("hd",), device: torch.device | str = "cpu"
+    root: Path,
+    size: str,
+    model_types: tuple[str, ...] = ("hd",),
+    device: torch.device | str = "cpu",
+    fp16: bool = False,
 ) -> Path:
     """A whole checkpoint tree of `size` under `root`, in the published layout: the tiny tree
     first (tokenizer, scheduler, configs, and every network at `tiny`), then for `mid` and `full`
     the diffusion networks of `model_types` and the preprocessing networks replaced. Returns `root`.
-    Model types not named keep their tiny UNets (loadable, but not of this size)."""
+    Model types not named keep their tiny UNets (loadable, but not of this size).
+
+    `fp16`: the tree in the form the image ships (`builder.to_fp16`'s), written directly rather
+    than as fp32 files converted afterwards: see `write_diffusion`."""
     from tiny_checkpoints import write_tiny_checkpoints
 
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
+    check_size(size)
     root = Path(root)
     write_tiny_checkpoints(root)
+    write_diffusion(root, size, model_types, device, fp16, tiny_written=True)
     if size != "tiny":
-        for model_type in model_types:
-            write_ootd(root, model_type, size, device)
         write_full_preprocess(root)
     return root
+
+
+def write_diffusion(
+    root: Path,
+    size: str,
+    model_types: tuple[str, ...] = ("hd",),
+    device: torch.device | str = "cpu",
+    fp16: bool = False,
+    tiny_written: bool = False,
+) -> Path:
+    """The diffusion part of a `size` tree under `root` (the preprocessing networks are left as
+    they are): `tiny_checkpoints.diffusion`'s files, then `model_types`' networks of `size`.
+
+    `fp16`: the UNets and the VAE are written in float16, and `builder.to_fp16.convert_tree`
+    then renames the pickles (VAE, text encoder) into the safetensors the loaders prefer; the
+    UNets it finds already converted. The result is the converted tree, file for file and dtype
+    for dtype, without writing and reading back the fp32 bytes (the loaders accept either form).
+    `tiny_written`: the tiny tree is already there (`write_tree` wrote it)."""
+    from builder.to_fp16 import convert_tree
+    from tiny_checkpoints.diffusion import write_tiny_ootd_checkpoints
+
+    check_size(size)
+    root = Path(root)
+    if not tiny_written:
+        write_tiny_ootd_checkpoints(root)
+    if size != "tiny":
+        for model_type in model_types:
+            write_ootd(root, model_type, size, device, fp16=fp16)
+    if fp16:
+        convert_tree(root)
+    return root
+
+
+def check_size(size: str) -> None:
+    """Refuse a tree size this module cannot build, before anything is written."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
 
 
 def _numel(module: torch.nn.Module) -> int:
@@ -275,8 +331,9 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder to write (created)")
     parser.add_argument("--size", choices=SIZES, default="mid")
     parser.add_argument("--model-types", default="hd", help="whose UNets get the size (e.g. hd or hd,dc)")
+    parser.add_argument("--fp16", action="store_true", help="builder.to_fp16's form (as the image ships)")
     args = parser.parse_args()
-    root = write_tree(args.out, args.size, parse_model_types(args.model_types))
+    root = write_tree(args.out, args.size, parse_model_types(args.model_types), fp16=args.fp16)
     written = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
     print(f"{args.size} tree in {root}: {written / 1e9:.2f} GB")
 
