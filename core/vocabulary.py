@@ -45,6 +45,13 @@ OUTFIT_ORDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+def outfit_passes(categories: Sequence[str], order: str) -> list[int]:
+    """The positions of an outfit's garments (their categories, API names) in the order their
+    passes run (`OUTFIT_ORDERS[order]`)."""
+    rank = OUTFIT_ORDERS[order]
+    return sorted(range(len(categories)), key=lambda position: rank.index(categories[position]))
+
+
 def outfit_problem(categories: Sequence[str]) -> str | None:
     """Why garments of these categories (API names) cannot make one outfit, or None when they can:
     at most one per category, and a dress alone."""

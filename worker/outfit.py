@@ -9,17 +9,19 @@ parses), the model its category needs, the garment cache. What the passes share 
 decided once: the person photo, the seed, the garments' categories ("auto" ones are classified
 before any pass, so the order and the combination are known up front).
 
-Between passes, the next pass's input is the pass's result laid over its input in the model's
-frame (`worker.composite`, with the job's `composite` setting): outside the mask the picture
-stays what it was, so the face goes through the VAE once per pass only where it always does, in
-the diffusion. After the last pass the result is laid over the photo like a single job's, with
-the union of the passes' masks as the area that changed.
+Each pass starts from the previous pass's images exactly as a caller would get them (at the
+output size, composited over the photo as `composite` asks), framed again as a person photo is:
+the outfit is the chain of single jobs, each on the last one's result. Outside every pass's mask
+the photo's own pixels stay (with `composite`), and each pass's mask is returned at the output
+size (`return_mask`).
 
 Noise: every pass draws the seed's noise; sample k of every pass takes row k of it. With
 `samples` > 1 each sample carries its own chain (sample k of the second pass starts from sample
-k of the first, and is masked on its own), and the chains go through the UNet together. So a
+k of the first and is masked on its own), and the chains go through the UNet together. So a
 one-garment outfit gives exactly the single job's bytes, and with one sample a two-garment
-outfit gives exactly what two chained single jobs on frames would.
+outfit gives exactly what two single jobs give when the second one dresses the first one's
+image (PNG) with the same seed. With several samples the later passes run the chains in one
+batch, which on the CPU rounds a little differently from a batch of one (see `worker.catalog`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageChops
+from PIL import Image
 
 from core.framing import PadBox
-from core.vocabulary import AUTO, OUTFIT_ORDERS, category_name, outfit_problem
-from worker.composite import composite, output_mask
+from core.vocabulary import AUTO, category_name, outfit_passes, outfit_problem
 from worker.encoding import encode_images
 from worker.errors import InputError
 from worker.job import (
@@ -84,35 +85,23 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
     log.info("job %s: outfit of %d garments, %s", context.job_id, len(request.garments), _summary(request))
     with timed(timings, "fetch"):
         refs = [item.garment for item in request.garments]
-        person, garments, _, house_digest = load_pictures(request, refs, photos, settings)
-
-    photo = person
-    pad: PadBox | None = None
-    if request.fit == "pad":
-        person, _, pad = pad_to_frame(person, None)
+        photo, garments, _, house_digest = load_pictures(request, refs, photos, settings)
 
     passes = [
         Pass(replace(request, garment=item.garment, category=item.category, model_type=item.model_type,
                      garment_photo_type=item.garment_photo_type), garment)
         for item, garment in zip(request.garments, garments, strict=True)
     ]  # fmt: skip
-    first = Person(person, None, house_digest)
-    frames, changed = on_gpu(request, timings, lambda stages: _dress(context, request, passes, first, stages))
+    images = on_gpu(
+        request, timings, lambda stages: _dress(context, request, passes, photo, house_digest, stages)
+    )
 
-    with timed(timings, "composite"):
-        images = []
-        for frame, mask in zip(frames, changed, strict=True):
-            (image,), _ = output_images(request, photo, [frame], mask, pad, settings)
-            images.append(image)
-        size = images[0].size
-        extras = []  # (group, index, picture): each pass's masks, and a cut-out garment
-        if request.return_mask:
-            for number, done in enumerate(passes, start=1):
-                masks = [output_mask(mask, pad, size) for mask in done.masks]
-                extras += [(f"pass{number}-mask", k, mask) for k, mask in enumerate(masks)]
-                if done.worn is not None and done.worn.photo_type == "model":
-                    extras.append((f"pass{number}-garment", 0, done.worn.image))
-
+    extras = []  # (group, index, picture): each pass's masks, and a cut-out garment
+    if request.return_mask:
+        for number, done in enumerate(passes, start=1):
+            extras += [(f"pass{number}-mask", k, mask) for k, mask in enumerate(done.masks)]
+            if done.worn is not None and done.worn.photo_type == "model":
+                extras.append((f"pass{number}-garment", 0, done.worn.image))
     with timed(timings, "encode"):
         pictures = [(image, request.output_format) for image in images]
         encoded = encode_images([*pictures, *((picture, "png") for _, _, picture in extras)])
@@ -139,11 +128,17 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
 
 
 def _dress(
-    context: JobContext, request: TryOnRequest, passes: list[Pass], person: Person, stages: GpuStages
-) -> tuple[list[Image.Image], list[Image.Image]]:
-    """Decide the garments, order the passes, run them; returns the last pass's frames (one per
-    sample) and, per sample, the union of its passes' masks (what changed)."""
-    runtime = context.runtime
+    context: JobContext,
+    request: TryOnRequest,
+    passes: list[Pass],
+    photo: Image.Image,
+    house_digest: str | None,
+    stages: GpuStages,
+) -> list[Image.Image]:
+    """Decide the garments, order the passes, run them; returns the finished images (one per
+    sample). Each pass is a single job's work on the previous pass's images (at the output size,
+    composited as the request asks), framed again as a person photo is."""
+    runtime, settings = context.runtime, context.settings
     for one in passes:
         one.timings = {}
         if one.request.category == AUTO:
@@ -152,46 +147,49 @@ def _dress(
     problem = outfit_problem([one.request.category for one in passes])
     if problem:
         raise InputError(f"{problem} (categories found: {', '.join(one.request.category for one in passes)})")
-    rank = OUTFIT_ORDERS[request.order]
-    passes.sort(key=lambda one: rank.index(one.request.category))
+    passes[:] = [passes[k] for k in outfit_passes([one.request.category for one in passes], request.order)]
 
     samples, (width, height) = request.samples, request.size
     pipeline = runtime.pipelines[passes[0].request.model_type]
     noise = pipeline.initial_noise(1, samples, height, width, request.seed)  # sample k: row k, every pass
-    inputs = [person]  # one picture before the first pass, one per sample after it
-    frames: list[Image.Image] = []
-    changed: list[Image.Image] = []
+    pictures = [photo]  # what each chain has become: one before the first pass, one per sample after it
     for number, one in enumerate(passes, start=1):
         pass_stages = stages.part(one.timings)
         decided, garment, one.worn, _, _ = garment_stages(runtime, one.request, one.garment, pass_stages)
         one.request = decided
-        prepared = prepare_people(runtime, decided, inputs, pass_stages)
-        one.masks = [result.mask for result in prepared]
+        framed = [_framed(picture, request.fit) for picture in pictures]
+        digest = house_digest if number == 1 else None  # the house photo's cached mask
+        people = [Person(person, None, digest) for person, _, _ in framed]
+        try:
+            prepared = prepare_people(runtime, decided, people, pass_stages)
+        except InputError as error:
+            if number == 1:
+                raise
+            raise InputError(
+                f"garments: pass {number} ({decided.category}), on the result of pass {number - 1}: {error}"
+            ) from None
         with pass_stages("diffusion"):
-            pictures = [result.person for result in prepared]
             frames = diffuse(
-                runtime, decided, pictures, garment, one.masks, context.progress,
-                context.settings.progress_every, one.embeds, samples=samples if len(inputs) == 1 else 1,
-                latents=noise, context={"pass": number, "passes": len(passes)},
+                runtime, decided, [result.person for result in prepared], garment,
+                [result.mask for result in prepared], context.progress, settings.progress_every, one.embeds,
+                samples=samples if len(pictures) == 1 else 1, latents=noise,
+                context={"pass": number, "passes": len(passes)},
             )  # fmt: skip
-        masks = one.masks * samples if len(one.masks) == 1 else one.masks
-        if changed:
-            changed = [ImageChops.lighter(before, mask) for before, mask in zip(changed, masks, strict=True)]
-        else:
-            changed = list(masks)
-        if number < len(passes):
-            inputs = [
-                Person(_laid_over(source.image, frame, mask, request.composite))
-                for source, frame, mask in zip(inputs * (samples // len(inputs)), frames, masks, strict=True)
+        with pass_stages("composite"):
+            spread = samples // len(pictures)  # the first pass's one picture serves every sample
+            chains = zip(pictures * spread, framed * spread, prepared * spread, frames, strict=True)
+            outputs = [
+                output_images(request, picture, [frame], result.mask, pad, settings)
+                for picture, (_, _, pad), result, frame in chains
             ]
-    return frames, changed
+        pictures = [images[0] for images, _ in outputs]
+        one.masks = [mask for _, mask in outputs[: len(prepared)]]
+    return pictures
 
 
-def _laid_over(picture: Image.Image, frame: Image.Image, mask: Image.Image, keep: bool) -> Image.Image:
-    """The next pass's input: the pass's `frame` over its input `picture` (in the model's frame),
-    the picture kept outside the mask when the job composites."""
-    (laid,), _ = composite(picture, [frame], mask, None, picture.size, keep_photo=keep)
-    return laid
+def _framed(picture: Image.Image, fit: str) -> tuple[Image.Image, None, PadBox | None]:
+    """A picture as a single job frames its person photo (see `worker.job.pad_to_frame`)."""
+    return pad_to_frame(picture, None) if fit == "pad" else (picture, None, None)
 
 
 def _pass_entry(done: Pass, groups: list[tuple[str, int]], entries: list[dict], number: int) -> dict:

@@ -1,0 +1,191 @@
+"""Outfits (`garments`): several garments on one person, one pass each, through the real handler
+on the tiny checkpoints.
+
+The strongest check of the chaining is an equality: with one sample, a two-garment outfit gives
+exactly the bytes of two single jobs where the second dresses the first one's image with the same
+seed; a one-garment outfit gives the single job's bytes. Jobs run at 256x192 in 2 steps (a
+2-step Karras schedule already moves the latents away from the starting noise).
+"""
+
+import base64
+import io
+import re
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from worker_support import ALLOW_PRIVATE_URLS, REPO, data_uri
+
+import handler
+from core.vocabulary import outfit_passes
+from worker.composite import blend_band
+
+GARMENT_PNG = REPO / "assets" / "garments" / "0_tshirt.png"
+HOUSE_PHOTO = REPO / "assets" / "models" / "0_astronaut.png"  # person_index 0, an RGB photo
+SMALL = {"resolution": "256x192", "steps": 2, "seed": 4321}
+
+
+@pytest.fixture(scope="module")
+def worker_env(tiny_root):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHECKPOINTS_DIR", str(tiny_root))
+        patch.setenv("EXTRA_RESOLUTIONS", "256x192")
+        patch.setenv(ALLOW_PRIVATE_URLS, "true")
+        patch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
+        patch.delenv("BUCKET_ENDPOINT_URL", raising=False)
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def top() -> str:
+    return data_uri(GARMENT_PNG.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def trousers() -> str:
+    """A second garment: the t-shirt photo mirrored and tinted (a different picture to condition on)."""
+    image = ImageOps.mirror(Image.open(GARMENT_PNG).convert("RGB"))
+    image = Image.blend(image, Image.new("RGB", image.size, (40, 60, 160)), 0.5)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return data_uri(buffer.getvalue())
+
+
+def run(job_input: dict, job_id: str = "outfit") -> dict:
+    result = handler.handler({"id": job_id, "input": job_input})
+    assert "error" not in result, result.get("error")
+    return result
+
+
+def refused(job_input: dict) -> str:
+    result = handler.handler({"id": "refused", "input": job_input})
+    assert set(result) == {"error"}, result
+    return result["error"]
+
+
+def raw(entry: dict) -> bytes:
+    return base64.b64decode(entry["base64"])
+
+
+def pixels(entry: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(raw(entry))).convert("RGB")).astype(int)
+
+
+def beyond_band(mask: np.ndarray) -> np.ndarray:
+    """Where a result keeps its input's pixels: outside `mask` (uint8, 255 = repainted) and
+    outside the blend band around it (one pixel of margin)."""
+    reach = 2 * (blend_band(mask.shape[::-1]) + 1) + 1
+    return cv2.dilate(mask, np.ones((reach, reach), np.uint8)) == 0
+
+
+def test_two_garments_are_two_chained_passes_lower_body_first(worker_env, top, trousers) -> None:
+    outfit = run({
+        "person_index": 0, **SMALL, "return_mask": True,
+        "garments": [{"garment": top, "category": "upper_body"}, {"garment": trousers, "category": "lower"}],
+    })  # fmt: skip
+    passes = [(p["category"], p["model_type"]) for p in outfit["passes"]]
+    assert passes == [("lower_body", "dc"), ("upper_body", "hd")]
+    assert outfit["order"] == "lower_first" and outfit["seed"] == SMALL["seed"]
+    assert all({"mask", "diffusion", "composite"} <= set(p["timings"]) for p in outfit["passes"])
+    (lower_mask,), (upper_mask,) = (p["masks"] for p in outfit["passes"])
+    assert raw(lower_mask) != raw(upper_mask)  # each pass computed its own mask
+
+    # The first pass is the single lower-body job; the second dresses that job's image.
+    lower = {"garment": trousers, "category": "lower_body", "model_type": "dc"}
+    first = run({"person_index": 0, **SMALL, "return_mask": True, **lower})
+    assert raw(first["mask"]) == raw(lower_mask)
+    first_image = "data:image/png;base64," + first["images"][0]["base64"]
+    second = run({"person": first_image, **SMALL, "return_mask": True, "garment": top})
+    assert raw(second["mask"]) == raw(upper_mask)
+    (image,) = outfit["images"]
+    assert raw(image) == raw(second["images"][0])
+    assert raw(image) != raw(first["images"][0])  # the second pass changed the picture
+
+
+@pytest.mark.parametrize(
+    ("categories", "order", "passes"),
+    [
+        (["upper_body", "lower_body"], "lower_first", [1, 0]),
+        (["lower_body", "upper_body"], "lower_first", [0, 1]),
+        (["upper_body", "lower_body"], "upper_first", [0, 1]),
+        (["lower_body", "upper_body"], "upper_first", [1, 0]),
+        (["dress"], "upper_first", [0]),
+    ],
+)
+def test_the_order_of_the_passes(categories, order, passes) -> None:
+    assert outfit_passes(categories, order) == passes
+
+
+def test_an_unknown_order_is_refused(worker_env, top, trousers) -> None:
+    garments = [{"garment": top, "category": "upper_body"}, {"garment": trousers, "category": "lower_body"}]
+    message = refused({"person_index": 0, "garments": garments, "order": "sideways"})
+    assert message == "invalid input: order must be one of lower_first, upper_first, not 'sideways'"
+
+
+def test_a_dress_alone_is_the_single_dress_job(worker_env, top) -> None:
+    outfit = run({"person_index": 0, **SMALL, "garments": [{"garment": top, "category": "dress"}]})
+    single = run({"person_index": 0, **SMALL, "garment": top, "category": "dress", "model_type": "dc"})
+    assert [(p["category"], p["model_type"]) for p in outfit["passes"]] == [("dress", "dc")]
+    assert raw(outfit["images"][0]) == raw(single["images"][0])
+
+
+def test_category_auto_inside_an_item_is_decided_as_in_a_single_job(worker_env, top) -> None:
+    outfit = run({"person_index": 0, **SMALL, "garments": [{"garment": top, "category": "auto"}]})
+    single = run({"person_index": 0, **SMALL, "garment": top, "category": "auto"})
+    (done,) = outfit["passes"]
+    assert (done["category"], done["model_type"]) == (single["category"], single["model_type"])
+    assert done["category_scores"] == single["category_scores"]
+    assert "classify" in done["timings"]
+    assert raw(outfit["images"][0]) == raw(single["images"][0])
+
+
+@pytest.mark.parametrize(
+    ("garments", "extra", "expected"),
+    [
+        ([("upper_body", "top"), ("upper", "trousers")], {}, r"one garment per category, not several"),
+        ([("dress", "top"), ("lower_body", "trousers")], {}, r"a dress goes alone"),
+        ([("lower_body", "trousers")], {"model_type": "hd"}, r"garments\[0\]\.model_type 'hd' supports only"),
+        ([("upper_body", "top")] * 4, {}, r"garments must be a list of 1 to 3 objects"),
+        ([("upper_body", "top")], {"garment": "top"}, r"garment goes inside each item of garments"),
+        ([("upper_body", "top")], {"mask": "top"}, r"mask cannot be combined with garments"),
+        ([("upper_body", "top")], {"person_index": [0, 0]}, r"a list of people\) takes one garment"),
+    ],
+)
+def test_refused_outfits_get_one_sentence(worker_env, top, trousers, garments, extra, expected) -> None:
+    images = {"top": top, "trousers": trousers}
+    items = [{"garment": images[name], "category": category} for category, name in garments]
+    extra = {key: images.get(v, v) if isinstance(v, str) else v for key, v in extra.items()}
+    message = refused({"person_index": 0, **SMALL, "garments": items, **extra})
+    assert message.startswith("invalid input: ")
+    assert len(re.findall(expected, message)) == 1, message
+
+
+def test_two_samples_each_carry_their_own_chain(worker_env, top, trousers) -> None:
+    garments = [{"garment": top, "category": "upper_body"}, {"garment": trousers, "category": "lower_body"}]
+    outfit = run({"person_index": 0, **SMALL, "samples": 2, "return_mask": True, "garments": garments})
+    first = run({"person_index": 0, **SMALL, "samples": 2, "garment": trousers, "category": "lower_body",
+                 "model_type": "dc"})  # fmt: skip
+    lower_samples = [pixels(entry) for entry in first["images"]]
+    assert not np.array_equal(*lower_samples)
+    assert len(outfit["passes"][0]["masks"]) == 1  # both samples start from the same photo
+    assert len(outfit["passes"][1]["masks"]) == 2  # then each is masked on its own picture
+    for k, (image, mask) in enumerate(zip(outfit["images"], outfit["passes"][1]["masks"], strict=True)):
+        # Beyond the second pass's mask and its blend band, sample k keeps the pixels of sample k
+        # of the first pass (its own chain's input), which differ from the other sample's there.
+        kept = beyond_band(pixels(mask)[..., 0].astype(np.uint8))
+        assert kept.sum() > 1000
+        assert np.array_equal(pixels(image)[kept], lower_samples[k][kept])
+        assert not np.array_equal(pixels(image)[kept], lower_samples[1 - k][kept])
+
+
+def test_the_house_photo_keeps_its_pixels_outside_every_pass(worker_env, top, trousers) -> None:
+    """With `composite` (the default) the outfit is laid over the photo: where no pass repainted
+    (beyond the union of the masks and the blend band) the photo's own pixels come back."""
+    garments = [{"garment": top, "category": "upper_body"}, {"garment": trousers, "category": "lower_body"}]
+    outfit = run({"person_index": 0, **SMALL, "return_mask": True, "garments": garments})
+    union = np.maximum(*(pixels(p["masks"][0])[..., 0] for p in outfit["passes"])).astype(np.uint8)
+    kept = beyond_band(union)
+    photo = np.asarray(Image.open(HOUSE_PHOTO).convert("RGB")).astype(int)
+    assert kept.sum() > 1000
+    assert np.array_equal(pixels(outfit["images"][0])[kept], photo[kept])
