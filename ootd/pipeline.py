@@ -15,6 +15,11 @@ What runs per request, in the published order (see the architecture reference, s
    out as black pixels): non-finite pixels are decoded once more in float32, and whatever stays
    non-finite raises `ootd.errors.NonFiniteOutputError` naming the stage.
 
+Several people (a list of persons and masks, one garment) share the garment's steps 2-4 and go
+through steps 5-6 together, at most `core.generation.MAX_BATCH_ROWS` images per batch; each
+person's pictures are encoded on their own and their noise drawn from the seed on its own, as for
+a call with that person alone (see `initial_noise`).
+
 Where this deliberately differs from the published code (same maths, less work): at guidance
 scale exactly 1 only the conditional half runs; the garment UNet runs on 2 rows instead of 2N;
 the garment-query rows of the fused self-attention are never computed; with a `garment_cache`,

@@ -13,8 +13,9 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
-from worker_support import ALLOW_PRIVATE_URLS, REPO, data_uri
+from worker_support import REPO, data_uri, handler_env
 
 import handler
 from worker.config import Settings
@@ -39,16 +40,9 @@ def house_dir(tmp_path_factory) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def worker_env(tiny_root, house_dir):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHECKPOINTS_DIR", str(tiny_root))
-        patch.setenv("EXTRA_RESOLUTIONS", "256x192")
-        patch.setenv("MODEL_IMAGES_DIR", str(house_dir[0]))
-        patch.setenv("DOWNLOAD_TIMEOUT", "1.5")
-        patch.setenv("PROGRESS_EVERY", "1")
-        patch.setenv(ALLOW_PRIVATE_URLS, "true")
-        patch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
-        patch.delenv("BUCKET_ENDPOINT_URL", raising=False)
-        yield patch
+    house = str(house_dir[0])
+    with handler_env(tiny_root, MODEL_IMAGES_DIR=house, DOWNLOAD_TIMEOUT="1.5", PROGRESS_EVERY="1"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +169,14 @@ def test_a_catalog_where_nobody_can_be_dressed_is_an_error(worker_env, garment) 
 def test_a_catalog_over_the_limit_or_out_of_range_is_refused(worker_env, garment, people, expected) -> None:
     result = handler.handler({"id": "refused", "input": {**people, "garment": garment, **SMALL}})
     assert set(result) == {"error"} and result["error"].startswith("invalid input: " + expected), result
+
+
+def test_each_person_gets_the_noise_of_a_call_for_them_alone(worker_env) -> None:
+    pipe = get_runtime(Settings.from_env()).pipelines["hd"]
+    alone = pipe.initial_noise(1, 2, 256, 192, SMALL["seed"])
+    together = pipe.initial_noise(3, 2, 256, 192, SMALL["seed"])
+    assert together.shape == (6, *alone.shape[1:])
+    assert all(torch.equal(together[2 * k : 2 * k + 2], alone) for k in range(3))
+    # A generator instead of a seed draws the people one after another: different noise each.
+    drawn = pipe.initial_noise(2, 2, 256, 192, torch.Generator("cpu").manual_seed(SMALL["seed"]))
+    assert torch.equal(drawn[:2], alone) and not torch.equal(drawn[2:], alone)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from worker_support import ALLOW_PRIVATE_URLS, REPO, data_uri
+from worker_support import REPO, data_uri, handler_env
 
 import handler
 from core.vocabulary import outfit_passes
@@ -28,13 +28,8 @@ SMALL = {"resolution": "256x192", "steps": 2, "seed": 4321}
 
 @pytest.fixture(scope="module")
 def worker_env(tiny_root):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHECKPOINTS_DIR", str(tiny_root))
-        patch.setenv("EXTRA_RESOLUTIONS", "256x192")
-        patch.setenv(ALLOW_PRIVATE_URLS, "true")
-        patch.delenv("RUNPOD_WEBHOOK_POST_OUTPUT", raising=False)
-        patch.delenv("BUCKET_ENDPOINT_URL", raising=False)
-        yield patch
+    with handler_env(tiny_root):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from typing import Any
 from PIL import Image
 
 from core.framing import PadBox
-from core.vocabulary import category_name
 from preprocess.images import load_rgb
 from worker.encoding import encode_images
 from worker.errors import InputError, JobError, join_capped
@@ -45,6 +44,7 @@ from worker.job import (
     check_size,
     converted,
     diffuse,
+    garment_facts,
     garment_stages,
     house_photo,
     on_gpu,
@@ -148,10 +148,7 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
         "category": decided.category,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
-    if guess is not None:
-        result["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
-    if worn is not None:
-        result["garment_photo_type"] = worn.photo_type
+    result.update(garment_facts(guess, worn))
     if "garment" in named:
         result["garment"] = named["garment"]
     if warnings:

@@ -171,10 +171,7 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
         "category": request.category,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
-    if guess is not None:
-        result["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
-    if worn is not None:
-        result["garment_photo_type"] = worn.photo_type
+    result.update(garment_facts(guess, worn))
     if mask_entry is not None:
         result["mask"] = mask_entry
     if garment_entry is not None:
@@ -184,6 +181,17 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     check_size(result, settings, warnings)
     log.info("job %s done in %.2f s: %s", job_id, timings["total"], result["timings"])
     return result
+
+
+def garment_facts(guess: CategoryGuess | None, worn: GarmentResult | None) -> dict[str, Any]:
+    """What a result says of how the garment was read: `category_scores` (category "auto") and
+    `garment_photo_type` (the one used, when the request asked for "model" or "auto")."""
+    facts: dict[str, Any] = {}
+    if guess is not None:
+        facts["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
+    if worn is not None:
+        facts["garment_photo_type"] = worn.photo_type
+    return facts
 
 
 def validate(

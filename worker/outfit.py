@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from core.framing import PadBox
-from core.vocabulary import AUTO, category_name, outfit_passes, outfit_problem
+from core.vocabulary import AUTO, outfit_passes, outfit_problem
 from worker.encoding import encode_images
 from worker.errors import InputError
 from worker.job import (
@@ -45,6 +45,7 @@ from worker.job import (
     check_size,
     classify_garment,
     diffuse,
+    garment_facts,
     garment_stages,
     load_pictures,
     on_gpu,
@@ -200,10 +201,7 @@ def _pass_entry(done: Pass, groups: list[tuple[str, int]], entries: list[dict], 
         "model_type": done.request.model_type,
         "timings": {name: round(seconds, 3) for name, seconds in (done.timings or {}).items()},
     }
-    if done.guess is not None:
-        entry["category_scores"] = {category_name(name): score for name, score in done.guess.scores.items()}
-    if done.worn is not None:
-        entry["garment_photo_type"] = done.worn.photo_type
+    entry.update(garment_facts(done.guess, done.worn))
     mine = [entries[i] for i, (group, _) in enumerate(groups) if group == f"pass{number}-mask"]
     if mine:
         entry["masks"] = mine
