@@ -151,7 +151,7 @@ def test_a_person_photo_that_fails_fails_only_its_entry(worker_env, garment, fil
 
 
 def test_a_catalog_where_nobody_can_be_dressed_is_an_error(worker_env, garment) -> None:
-    job = {"person": ["not an image!", "still not"], "garment": garment, **SMALL}
+    job = {"person": ["not an image!", "still not!"], "garment": garment, **SMALL}
     result = handler.handler({"id": "none", "input": job})
     assert set(result) == {"error"}
     assert result["error"].startswith("no person of the catalog could be dressed: person[0]: not valid")

@@ -96,7 +96,7 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
     )
     served = [sitter for sitter in sitters if sitter.error is None]
     if not served:
-        problems = [f"{_name(sitter)}: {sitter.error}" for sitter in sitters]
+        problems = [str(sitter.error) for sitter in sitters]  # each names its person
         raise JobError(
             "no person of the catalog could be dressed: " + join_capped(problems, "; ", "problems")
         )
@@ -182,7 +182,7 @@ def _fetch(
                 image, digest = converted(picture, sitter.entry.field, load_rgb), None
             else:
                 data = photos[sitter.entry].read_bytes()
-                image, digest = house_photo(data, settings), photo_digest(data)
+                image, digest = house_photo(data, settings, _name(sitter)), photo_digest(data)
             if request.fit == "pad":
                 check_aspect(image.size, _name(sitter), MAX_PAD_RATIO)
         except InputError as error:

@@ -238,9 +238,9 @@ def load_pictures(
     return person, garments, user_mask, house_digest
 
 
-def house_photo(data: bytes, settings: Settings) -> Image.Image:
-    image = decode_image(data, "person_index", settings.max_input_pixels)
-    return converted(image, "person_index", load_rgb)
+def house_photo(data: bytes, settings: Settings, field: str = "person_index") -> Image.Image:
+    image = decode_image(data, field, settings.max_input_pixels)
+    return converted(image, field, load_rgb)
 
 
 def converted(image: Image.Image, field: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
