@@ -538,8 +538,8 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         (black pixels); `.decoded_in_float32` says when the float32 decode retry was needed.
         """
         # 1. Check inputs
-        people = [person] if isinstance(person, PIL.Image.Image) else list(person)
-        masks = [mask] if isinstance(mask, PIL.Image.Image) else list(mask)
+        people = list(person) if isinstance(person, list | tuple) else [person]
+        masks = list(mask) if isinstance(mask, list | tuple) else [mask]
         if len(people) != len(masks) or not people:
             raise ValueError(f"`person` and `mask` must be as many (>= 1): {len(people)} and {len(masks)}")
         for one_person, one_mask in zip(people, masks, strict=True):
