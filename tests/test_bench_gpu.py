@@ -256,6 +256,56 @@ def test_a_part_that_raises_is_recorded_failed_and_the_later_parts_still_run(tmp
     assert list(compiled) == ["eager request (new garment)"]  # nothing claims a compiled request
 
 
+def test_non_finite_outputs_are_reported_per_row_and_do_not_fail_the_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN injected at the VAE decoder's output (a forward hook, as tests/test_nonfinite.py does)
+    of the float16 pipeline the GPU runs, on chosen float16 decodes: the pipeline's float32 retry
+    mends some, and one request it refuses (`NonFiniteOutputError`). Each request row counts its
+    non-finite images, retries and refusals; the part ends done and says so in its note."""
+    import torch
+
+    fp16_decodes: list[int] = []  # the float16 decoder calls so far (one per image)
+    poisoned = {2: "float16", 3: "both", 5: "float16"}  # the decode call -> which dtypes get NaN
+
+    def poison(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if args[0].dtype == torch.float16:
+            fp16_decodes.append(len(fp16_decodes) + 1)
+            return output * float("nan") if fp16_decodes[-1] in poisoned else output
+        return output * float("nan") if poisoned.get(fp16_decodes[-1]) == "both" else output
+
+    load_timed = gpu.load_timed
+
+    def load_poisoned(*args, **kwargs):
+        pipelines, seconds = load_timed(*args, **kwargs)
+        for pipe in pipelines.values():
+            pipe.vae.decoder.register_forward_hook(poison)
+        return pipelines, seconds
+
+    monkeypatch.setattr(gpu, "load_timed", load_poisoned)
+    argv = ["--parts", "requests", "--dtype", "float16", "--scales", "2", "--samples", "1,2"]
+    text = _in_process([*argv, "--budget-s", "3600"], tmp_path)
+
+    # decode 1: the first request; 2: the miss row; 3: the hit row; 4, 5: the 2-sample row
+    assert fp16_decodes == [1, 2, 3, 4, 5]
+    requests = _section(text, "Requests")
+    column = requests[0].index("non-finite outputs")
+    rows = {(row[1], row[2]): row for row in requests[1:]}
+    assert rows["1", "new (miss)"][column] == "0 of 1 images; 1 decoded again in float32"
+    refused = rows["1", "cached (hit)"]
+    assert refused[column] == (
+        "1 of 1 images; 1 request(s) refused: NonFiniteOutputError (VAE decode); 1 decoded again in float32"
+    )
+    assert refused[4 : 4 + len(STAGES) + 2] == ["non-finite"] * (len(STAGES) + 2)  # no time claimed
+    assert rows["2", "new (miss)"][column] == "0 of 2 images; 1 decoded again in float32"
+    status, note = _parts(text)["requests"]
+    assert status == "done"
+    assert note.endswith(
+        "; non-finite outputs: 1 of 4 images; 1 request(s) refused: NonFiniteOutputError (VAE decode); "
+        "3 decoded again in float32"
+    )
+
+
 def test_parts_past_a_tiny_budget_are_skipped_with_the_reason(tmp_path: Path) -> None:
     text = _in_process(["--budget-s", "0.001", "--with-fp32"], tmp_path)
     parts = _parts(text)
