@@ -79,8 +79,10 @@ def render(report: dict[str, Any], ended: bool = False) -> str:
     for name, outcome in run.outcomes.items():
         seconds = "" if outcome.seconds is None else f"{outcome.seconds:.1f}"
         cpu = "" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.1f}"
-        parts.append([name, PART_TITLES.get(name, ""), outcome.status, seconds, cpu, outcome.note])
-    header = ["part", "what", "status", "seconds", "CPU seconds", "note"]
+        guess = outcome.estimate
+        estimate = "" if guess is None else f"~{guess.seconds:.0f} s: {guess.basis}"
+        parts.append([name, PART_TITLES.get(name, ""), outcome.status, seconds, cpu, estimate, outcome.note])
+    header = ["part", "what", "status", "seconds", "CPU seconds", "estimate (gate)", "note"]
     lines += _table("Parts, in run order", header, parts)
     lines += _table("Setup", ["item", "value"], [[key, str(value)] for key, value in setup.items()])
     if report["load"]:

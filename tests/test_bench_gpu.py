@@ -47,6 +47,11 @@ class Without(importlib.abc.MetaPathFinder):
 sys.meta_path[:] = [Without(finder) for finder in sys.meta_path]
 with open(os.environ["BENCH_WITHOUT_MARKER"], "a") as marker:
     marker.write(f"{{os.getpid()}}\\n")
+def imported():
+    with open(os.environ["BENCH_IMPORTED"], "a") as out:
+        out.write(" ".join(sorted({{name.split(".")[0] for name in sys.modules}})) + "\\n")
+import atexit
+atexit.register(imported)
 """
 
 
@@ -74,7 +79,12 @@ def _rows(text: str, prefix: str) -> dict[str, list[str]]:
 
 def _parts(text: str) -> dict[str, tuple[str, str]]:
     """Part -> (status, note), from the parts table."""
-    return {row[0]: (row[2], row[5]) for row in _section(text, "Parts")[1:]}
+    return {row[0]: (row[2], row[6]) for row in _section(text, "Parts")[1:]}
+
+
+def _estimates(text: str) -> dict[str, str]:
+    """Part -> the estimate its gate let through ("" for the ungated and the first measurement)."""
+    return {row[0]: row[5] for row in _section(text, "Parts")[1:]}
 
 
 def _seconds(cell: str) -> float:
@@ -91,6 +101,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, P
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(absent=ABSENT_ON_GPU_MACHINE))
     marker = site / "pids"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_WITHOUT_MARKER": str(marker),
+           "BENCH_IMPORTED": str(site / "imported"),
            "PYTHONPATH": os.pathsep.join([str(site), str(gpu.REPO_ROOT)])}  # fmt: skip
     argv = [*TINY, "--compile-backend", "eager", "--with-fp32", "--budget-s", "3600"]
     argv += ["--results-dir", str(results), "--out", str(out)]
@@ -116,8 +127,16 @@ def _in_process(argv: list[str], tmp_path: Path) -> str:
 def test_every_part_runs_and_every_section_is_a_well_formed_table(run) -> None:
     text = run[0]
     parts = _parts(text)
-    assert list(parts) == ["write-tree", "load", *gpu.PARTS]
+    # The issue's order: what only a GPU tells first, the fp32 tree last and only when asked.
+    in_order = ["requests", "child", "cold-load", "compile", "encoding", "weights", "fp32"]
+    assert list(parts) == ["write-tree", "load", *in_order]
     assert {name: status for name, (status, _) in parts.items()} == dict.fromkeys(parts, "done")
+    # Every gate after the requests part estimates from the request time measured in this run.
+    estimates = _estimates(text)
+    ungated = [name for name, estimate in estimates.items() if not estimate]
+    assert ungated == ["write-tree", "load", "requests"]
+    for name in ("child", "compile"):
+        assert re.search(r"3 requests at \d+\.\d s a request, measured", estimates[name]), estimates[name]
     assert "Status: ended after" in text and f": {len(parts)} done." in text
     tables = _tables(text)
     for title, rows in tables.items():
@@ -220,6 +239,34 @@ def test_the_run_and_its_warm_up_child_need_no_runpod_or_boto3(run) -> None:
     pids = marker.read_text().split()
     assert len(set(pids)) == 2  # the benchmark and its warm-up child
     assert "child" in _parts(text) and _parts(text)["child"][0] == "done"
+
+
+GPU_MACHINE_IMPORTS = frozenset({
+    "accelerate", "anyio", "certifi", "charset_normalizer", "colorama", "cv2", "cython_runtime", "filelock",
+    "fsspec", "functorch", "google", "h11", "hf_xet", "httpcore", "httpx", "huggingface_hub", "idna",
+    "jinja2", "markupsafe", "ml_dtypes", "mpmath", "networkx", "numpy", "onnx", "onnxruntime", "packaging",
+    "PIL", "psutil", "regex", "requests", "safetensors", "sympy", "tokenizers", "torch", "torchgen", "tqdm",
+    "transformers", "triton", "typing_extensions", "urllib3", "yaml",
+})  # fmt: skip
+"""Import names of packages the GPU machine has (the device tool's package list for its H200
+kind, bench/README) that a run may load; torchgen and functorch come with torch."""
+CARRIED_WHEELS = frozenset({"diffusers"})
+"""What bench/README's device command carries as wheels in `.whl`."""
+HUB_2_HTTP = frozenset({"httpx2", "httpcore2", "truststore", "brotli", "backports"})
+"""huggingface_hub 2.x's HTTP client and what it loads, here only: the machine's hub 1.33 uses httpx."""
+PROJECT_PACKAGES = frozenset({"bench", "builder", "core", "ootd", "preprocess", "tiny_checkpoints", "worker"})
+
+
+def test_every_module_the_run_imports_is_on_the_gpu_machine_or_carried(run) -> None:
+    """What the fixture's two processes had in `sys.modules` at exit, outside the standard
+    library and the project: each on the GPU machine or in the carried wheels."""
+    loaded = (run[3].parent / "imported").read_text().splitlines()
+    assert len(loaded) == 2  # the benchmark and its warm-up child
+    for line in loaded:
+        names = {name for name in line.split() if not name.startswith("_")}
+        third_party = names - set(sys.stdlib_module_names) - PROJECT_PACKAGES - {"sitecustomize"}
+        assert "diffusers" in third_party and "onnxruntime" in third_party
+        assert sorted(third_party - GPU_MACHINE_IMPORTS - CARRIED_WHEELS - HUB_2_HTTP) == []
 
 
 def test_a_part_that_raises_is_recorded_failed_and_the_later_parts_still_run(tmp_path: Path) -> None:
