@@ -16,8 +16,9 @@ with its error in one line, its memory is freed, and the run goes on.
 1. requests: the first request in this fresh process; the garment cache filled to its bound
    (the steady state of a worker); guidance 2.0/1.0 x 1/4 samples, every request with a new
    garment (a miss, which evicts), and the first configuration again with a cached garment (a
-   hit): time per stage, non-finite outputs, peak memory, and a worker's memory budget with the
-   parsing arenas counted;
+   hit): time per stage, non-finite outputs (images, float32 decode retries, requests the
+   pipeline refused with `NonFiniteOutputError`: counted, not a failure), peak memory, and a
+   worker's memory budget with the parsing arenas counted;
 2. child: a fresh process loads hd, runs `worker.warmup.warm_up`, then its first and second request;
 3. cold-load: hd again from the fp16 files, dropped from the page cache first;
 4. compile: `ootd.compile.compile_pipeline` (what `OOTD_COMPILE` does; `--compile-backend`): an
@@ -1062,6 +1063,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.height, args.width = defaults["resolution"]
     else:
         args.height, args.width = (int(v) for v in args.resolution.lower().split("x"))
+    from ootd.pipeline import MAX_SIDE, SIZE_MULTIPLE  # the pipeline's rule, checked before minutes pass
+
+    sides = (args.height, args.width)
+    if any(side % SIZE_MULTIPLE or not SIZE_MULTIPLE <= side <= MAX_SIDE for side in sides):
+        parser.error(f"--resolution: each side a multiple of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_SIDE}")
     args.steps = args.steps or defaults["steps"]
     args.reps = defaults["quick_reps"] if args.quick else defaults["reps"]
     args.scale_list = tuple(float(v) for v in args.scales.split(","))

@@ -368,6 +368,13 @@ def test_parts_past_a_tiny_budget_are_skipped_with_the_reason(tmp_path: Path) ->
     assert not any(title.startswith(("Requests", "Compile", "Weights")) for title in _tables(text))
 
 
+def test_a_resolution_the_pipeline_refuses_is_refused_before_anything_runs(capsys) -> None:
+    with pytest.raises(SystemExit):
+        gpu.parse_args(["--resolution", "128x96"])
+    assert "--resolution: each side a multiple of 64 in 64..2048" in capsys.readouterr().err
+    assert (gpu.parse_args(["--resolution", "128x64"]).height, gpu.parse_args([]).width) == (128, 768)
+
+
 def test_the_fp16_tree_is_written_in_builder_to_fp16s_form(tmp_path: Path) -> None:
     """What `write_tree(fp16=True)` leaves is what the image's conversion leaves: converting it
     again changes nothing, UNets and VAE are float16 safetensors, the text encoder float32."""
