@@ -377,3 +377,19 @@ def test_bad_values_are_refused_naming_the_field(worker_env) -> None:
         "invalid input: output_size must be one of input, frame, not 'original'; "
         "composite must be true or false, not a string ('yes')"
     )
+
+
+def test_a_house_model_under_the_seed_apis_names_comes_back_at_its_photos_size(worker_env) -> None:
+    """The seed API's aliases (modelSelection counts from 1) and the house-model path take the new
+    defaults like any job: the house photo's own size, its pixels kept beyond the band, the same
+    bytes as under our names."""
+    ours = {"person_index": 0, "samples": 2, "steps": 1, "guidance_scale": 1.5, "model_type": "dc"}
+    theirs = {"modelSelection": 1, "nSamples": 2, "nSteps": 1, "imageScale": 1.5, "modelType": "dc"}
+    common = {"garment": GARMENT, "category": "lower_body", "resolution": SMALL["resolution"], "seed": 99,
+              "return_mask": True}  # fmt: skip
+    aliased, named = run({**theirs, **common}), run({**ours, **common})
+    assert aliased["images"] == named["images"] and aliased["mask"] == named["mask"]
+    mask = pixels(aliased["mask"])
+    assert mask.shape == (ASTRONAUT.height, ASTRONAUT.width)
+    for entry in aliased["images"]:
+        assert_composited(pixels(entry), np.asarray(ASTRONAUT), mask, None)

@@ -140,7 +140,7 @@ def test_local_api_runsync_with_url_inputs(api: ApiWorker, files: FileServer) ->
     output = body["output"]
     (entry,) = output["images"]
     assert entry["content_type"] == "image/jpeg"
-    assert decode(entry).size == (192, 256)  # the person photo is 3:4 already
+    assert decode(entry).size == (120, 160)  # the person photo's own size (output_size "input")
     assert output["seed"] == 5
     assert {"/person.jpg", "/garment.png"} <= set(files.requests)
 
