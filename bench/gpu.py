@@ -14,8 +14,9 @@ with its error in one line, its memory is freed, and the run goes on.
   cache); the preprocessor; dc's UNets built in memory (both model types resident, as in
   production) and one garment cache of the worker's default size for both;
 1. requests: the first request in this fresh process; the garment cache filled to its bound
-   (the steady state of a worker); guidance 2.0/1.0 x 1/4 samples, every request with a new
-   garment (a miss, which evicts), and the first configuration again with a cached garment (a
+   (the steady state of a worker; gated, one repetition of each configuration kept in
+   reserve); guidance 2.0/1.0 x 1/4 samples, every request with a new garment (a miss, which
+   evicts), and the first configuration again with a cached garment (a
    hit): time per stage, non-finite outputs (images, float32 decode retries, requests the
    pipeline refused with `NonFiniteOutputError`: counted, not a failure), peak memory, and a
    worker's memory budget with the parsing arenas counted;
@@ -683,22 +684,36 @@ def fill_garment_cache(bench: Bench, pipe: Any) -> str:
     """Put new garments into the garment cache until it evicts (full) or `CACHE_FILL_MAX`: the
     steady state of a worker that has served many garments. Each is the pipeline's own work for a
     new garment at this run's size with guidance (CLIP, VAE encodes, garment UNet) and one
-    denoising step, latents out (nothing decoded)."""
+    denoising step, latents out (nothing decoded).
+
+    Gated like everything else: a garment is put in only while its estimate (the previous one's
+    time; for the first, a whole request's) fits with one repetition of every configuration kept
+    in reserve, so a slow fill cannot eat the requests it is the set-up for."""
     cache, request = bench.cache, bench.request()
     mask = rectangle_mask(request.width, request.height)
-    full = False
-    for _ in range(CACHE_FILL_MAX):
-        before = len(cache)
+    per_request, basis = bench.request_seconds()
+    reserve = per_request * len(bench.args.scale_list) * sum(bench.args.sample_list)
+    estimate = Estimate(per_request, basis)
+    full, stopped = False, ""
+    for put in range(CACHE_FILL_MAX):
+        reason = bench.run.gate(estimate, reserve)
+        if reason is not None:
+            stopped = f"the budget stopped the fill after {put} garments: {reason}"
+            break
+        before, start = len(cache), time.perf_counter()
         pipe(
             bench.person, bench.garments.new(), mask, category="upper_body", num_inference_steps=1,
             image_guidance_scale=request.scale, generator=0, height=request.height, width=request.width,
             output_type="latent",
         )  # fmt: skip
+        sync(bench.device)
+        estimate = Estimate(time.perf_counter() - start, "the last garment's fill, measured")
         if len(cache) <= before:
             full = True
             break
-    sync(bench.device)
     held = f"{len(cache)} entries, {cache.nbytes / MB:.0f} MB of {cache.max_bytes / MB:.0f} MB"
+    if stopped:
+        return f"{held} (not full: {stopped})"
     if not len(cache):
         return f"{held} (empty: one entry is larger than the bound)"
     if full:

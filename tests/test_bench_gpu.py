@@ -353,6 +353,36 @@ def test_non_finite_outputs_are_reported_per_row_and_do_not_fail_the_part(
     )
 
 
+def test_the_garment_cache_fill_is_gated_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's clock jumps past the budget when the first request decodes (the fill decodes
+    nothing): the fill puts no garment in, says why, and the configurations are skipped."""
+    import functools
+    import time
+
+    offset = [0.0]
+    monkeypatch.setattr(gpu, "Run", functools.partial(Run, clock=lambda: time.perf_counter() + offset[0]))
+    load_timed = gpu.load_timed
+
+    def load_with_a_late_decoder(*args, **kwargs):
+        pipelines, seconds = load_timed(*args, **kwargs)
+        for pipe in pipelines.values():
+            pipe.vae.decoder.register_forward_hook(lambda *_: offset.__setitem__(0, 1e6))
+        return pipelines, seconds
+
+    monkeypatch.setattr(gpu, "load_timed", load_with_a_late_decoder)
+    text = _in_process(
+        ["--parts", "requests", "--scales", "2", "--samples", "1", "--budget-s", "3600"], tmp_path
+    )
+    filled = next(when for when in _rows(text, "Memory (GiB)") if when.startswith("garment cache filled"))
+    assert re.fullmatch(
+        r"garment cache filled: 1 entries, .* \(not full: the budget stopped the fill after 0 garments: "
+        r"needs ~\d+ s \(\S+ s a request, measured\) \+ \d+ s kept for the later parts; 0 s left .*\)",
+        filled,
+    ), filled
+    assert _parts(text)["requests"][0] == "done"
+    assert {row[3] for row in _section(text, "Requests")[1:]} == {"0"}  # every configuration skipped
+
+
 def test_parts_past_a_tiny_budget_are_skipped_with_the_reason(tmp_path: Path) -> None:
     text = _in_process(["--budget-s", "0.001", "--with-fp32"], tmp_path)
     parts = _parts(text)
