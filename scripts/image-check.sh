@@ -548,7 +548,7 @@ for CURRENT in "${STEPS[@]}"; do
   [ "${RESULT[$CURRENT]}" = ok ] || [ "${RESULT[$CURRENT]}" = skipped ] || failed=1
   details=""
   [ -f "$NOTES/$CURRENT" ] && details=$(awk 'NR > 1 { printf "; " } { printf "%s", $0 }' "$NOTES/$CURRENT")
-  printf '  %-14s %-8s %5ss  %s\n' "$CURRENT" "${RESULT[$CURRENT]}" "${TOOK[$CURRENT]}" "$details"
+  printf '  %-15s %-8s %5ss  %s\n' "$CURRENT" "${RESULT[$CURRENT]}" "${TOOK[$CURRENT]}" "$details"
 done
 if [ "$failed" = 1 ]; then
   echo "image check FAILED"
