@@ -30,12 +30,15 @@ class Estimate:
 
 @dataclass
 class Outcome:
-    """What became of one part. `seconds` and `cpu_seconds` are None for a skipped part."""
+    """What became of one part. `seconds` and `cpu_seconds` are None for a skipped part;
+    `estimate` is what its gate let through (None: ungated, or nothing to estimate from), so a
+    report shows the estimate beside the time it took."""
 
     status: str
     note: str = ""
     seconds: float | None = None
     cpu_seconds: float | None = None
+    estimate: Estimate | None = None
 
 
 def one_line(error: BaseException, limit: int = NOTE_LIMIT) -> str:
@@ -126,7 +129,7 @@ class Run:
         if reason is not None:
             self.skip(name, reason)
             return False
-        self.outcomes[name] = Outcome(RUNNING, f"started at {self.elapsed():.0f} s")
+        self.outcomes[name] = Outcome(RUNNING, f"started at {self.elapsed():.0f} s", estimate=estimate)
         self._changed(name)
         self.log(f"{name} ..." + (f" (~{estimate.seconds:.0f} s: {estimate.basis})" if estimate else ""))
         start, cpu_start = self.clock(), time.process_time()
@@ -137,7 +140,7 @@ class Run:
             self.log("".join(traceback.format_exception(error)).rstrip())
             note, status = one_line(error), FAILED
         seconds, cpu = self.clock() - start, time.process_time() - cpu_start
-        self.outcomes[name] = Outcome(status, note, seconds, cpu)
+        self.outcomes[name] = Outcome(status, note, seconds, cpu, estimate if gated else None)
         self.log(f"{name}: {status} in {seconds:.1f} s, CPU {cpu:.1f} s (run so far {self.elapsed():.1f} s)")
         if self.on_end is not None:
             self.on_end(name)

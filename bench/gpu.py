@@ -14,10 +14,12 @@ with its error in one line, its memory is freed, and the run goes on.
   cache); the preprocessor; dc's UNets built in memory (both model types resident, as in
   production) and one garment cache of the worker's default size for both;
 1. requests: the first request in this fresh process; the garment cache filled to its bound
-   (the steady state of a worker); guidance 2.0/1.0 x 1/4 samples, every request with a new
-   garment (a miss, which evicts), and the first configuration again with a cached garment (a
-   hit): time per stage, non-finite outputs, peak memory, and a worker's memory budget with the
-   parsing arenas counted;
+   (the steady state of a worker; gated, one repetition of each configuration kept in
+   reserve); guidance 2.0/1.0 x 1/4 samples, every request with a new garment (a miss, which
+   evicts), and the first configuration again with a cached garment (a
+   hit): time per stage, non-finite outputs (images, float32 decode retries, requests the
+   pipeline refused with `NonFiniteOutputError`: counted, not a failure), peak memory, and a
+   worker's memory budget with the parsing arenas counted;
 2. child: a fresh process loads hd, runs `worker.warmup.warm_up`, then its first and second request;
 3. cold-load: hd again from the fp16 files, dropped from the page cache first;
 4. compile: `ootd.compile.compile_pipeline` (what `OOTD_COMPILE` does; `--compile-backend`): an
@@ -60,7 +62,7 @@ import torch
 from PIL import Image
 
 from bench.budget import Estimate, Run, one_line
-from bench.gpu_report import OUTPUT_FORMAT, STAGES, ReportFiles
+from bench.gpu_report import OUTPUT_FORMAT, STAGES, ReportFiles, non_finite_cell, non_finite_summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -295,9 +297,15 @@ class Timing:
     pose_outcome: str = ""
     images: int = 0
     non_finite: int = 0
-    """Images with a NaN or infinite value before the conversion to 8 bits (black pixels)."""
+    """Images with a NaN or infinite value: all of a request the pipeline refused, else those
+    of its float output that hold one (the pipeline's own check should leave none)."""
     float32_retries: int = 0
-    """Requests whose decode the pipeline redid in float32, where it reports that."""
+    """1 when the pipeline decoded again in float32 (its `decoded_in_float32`, or a refusal at
+    the VAE decode of a VAE that is not float32 already: the retry ran and did not mend it)."""
+    refused: str = ""
+    """The stage named by the `NonFiniteOutputError` the pipeline raised instead of returning
+    non-finite images ("" when it returned images). The stages up to it are timed; nothing
+    was encoded."""
 
 
 class Garments:
@@ -358,11 +366,9 @@ def timed_methods(targets: list[tuple[Any, str, str]], times: dict[str, float], 
 
 
 def non_finite_images(images: np.ndarray) -> int:
-    """How many of the (N, H, W, 3) float images hold a NaN or an infinity.
-
-    The place for the pipeline's own finiteness report: where it decodes again in float32 or
-    raises on non-finite output, `run_request` counts its `decoded_in_float32` and a raised error
-    fails the configuration with its message."""
+    """How many of the (N, H, W, 3) float images hold a NaN or an infinity: a check of the
+    pipeline's own (it refuses such results with `NonFiniteOutputError`, which `run_request`
+    counts), on the floats the 8-bit pictures are made from."""
     return int((~np.isfinite(images.reshape(len(images), -1))).any(axis=1).sum())
 
 
@@ -373,6 +379,7 @@ def run_request(
     """Time one request stage by stage (every stage ends with a device synchronisation)."""
     from diffusers.image_processor import VaeImageProcessor
 
+    from ootd.errors import NonFiniteOutputError
     from preprocess import PreprocessError
     from preprocess.preprocessor import parse_input
     from worker.encoding import encode_images
@@ -408,21 +415,25 @@ def run_request(
         (pipe.fusion, "encode_garment", "garment_unet"),
         (pipe.vae, "decode", "vae_decode"),
     ]
+    output = None
     with timed_methods(targets, times, device):
-        output = pipe(
-            person,
-            garment,
-            rectangle_mask(request.width, request.height),
-            category="upper_body",
-            num_inference_steps=request.steps,
-            image_guidance_scale=request.scale,
-            num_images_per_prompt=request.samples,
-            generator=0,
-            height=request.height,
-            width=request.width,
-            output_type="np",  # the floats "pil" is made from: what a NaN would have been
-            callback_on_step_end=on_step_end,
-        )
+        try:
+            output = pipe(
+                person,
+                garment,
+                rectangle_mask(request.width, request.height),
+                category="upper_body",
+                num_inference_steps=request.steps,
+                image_guidance_scale=request.scale,
+                num_images_per_prompt=request.samples,
+                generator=0,
+                height=request.height,
+                width=request.width,
+                output_type="np",  # the floats "pil" is made from: what a NaN would have been
+                callback_on_step_end=on_step_end,
+            )
+        except NonFiniteOutputError as error:  # a non-finite output, counted: not a crash
+            timing.refused = error.stage
     # The loop starts when the last stage before it ends (the garment UNet, unless the garment
     # cache had its features; then the person's VAE encode).
     loop_start = max(value for key, value in times.items() if key.endswith("_end") and value <= marks[0])
@@ -431,9 +442,14 @@ def run_request(
         del times[key]
     for key, _ in STAGES:
         times.setdefault(key, 0.0)  # a cached garment runs no CLIP and no garment UNet
-    timing.images = len(output.images)
+    timing.images = request.samples
+    if output is None:
+        timing.non_finite = request.samples
+        timing.float32_retries = int(timing.refused == "VAE decode" and pipe.vae.dtype != torch.float32)
+        timing.total = time.perf_counter() - start
+        return timing
     timing.non_finite = non_finite_images(output.images)
-    timing.float32_retries = int(bool(getattr(output, "decoded_in_float32", False)))
+    timing.float32_retries = int(output.decoded_in_float32)
     pictures = VaeImageProcessor.numpy_to_pil(output.images)  # the pipeline's own "pil" step
 
     stage = time.perf_counter()
@@ -645,35 +661,59 @@ def run_config(
         row["peak_allocated"] = torch.cuda.max_memory_allocated(device) / GIB
         row["peak_reserved"] = torch.cuda.max_memory_reserved(device) / GIB
         row["peak_device_used"] = sampler.peak / GIB
-    if timings:
-        row["stages"] = {key: statistics.mean(t.stages[key] for t in timings) for key, _ in STAGES}
-        row["total"] = statistics.mean(t.total for t in timings)
-        row["images"] = sum(t.images for t in timings)
-        row["non_finite"] = sum(t.non_finite for t in timings)
-        row["float32_retries"] = sum(t.float32_retries for t in timings)
+    row.update(count_non_finite(timings))
+    finished = [t for t in timings if not t.refused]  # times of what a client would have received
+    if finished:
+        row["stages"] = {key: statistics.mean(t.stages[key] for t in finished) for key, _ in STAGES}
+        row["total"] = statistics.mean(t.total for t in finished)
     return row, used
+
+
+def count_non_finite(timings: list[Timing]) -> dict[str, Any]:
+    """A row's images, how many were non-finite, the float32 retries and the stages at which
+    the pipeline refused a request (`NonFiniteOutputError`), over every request that ran."""
+    return {
+        "images": sum(t.images for t in timings),
+        "non_finite": sum(t.non_finite for t in timings),
+        "float32_retries": sum(t.float32_retries for t in timings),
+        "refused": [t.refused for t in timings if t.refused],
+    }
 
 
 def fill_garment_cache(bench: Bench, pipe: Any) -> str:
     """Put new garments into the garment cache until it evicts (full) or `CACHE_FILL_MAX`: the
     steady state of a worker that has served many garments. Each is the pipeline's own work for a
     new garment at this run's size with guidance (CLIP, VAE encodes, garment UNet) and one
-    denoising step, latents out (nothing decoded)."""
+    denoising step, latents out (nothing decoded).
+
+    Gated like everything else: a garment is put in only while its estimate (the previous one's
+    time; for the first, a whole request's) fits with one repetition of every configuration kept
+    in reserve, so a slow fill cannot eat the requests it is the set-up for."""
     cache, request = bench.cache, bench.request()
     mask = rectangle_mask(request.width, request.height)
-    full = False
-    for _ in range(CACHE_FILL_MAX):
-        before = len(cache)
+    per_request, basis = bench.request_seconds()
+    reserve = per_request * len(bench.args.scale_list) * sum(bench.args.sample_list)
+    estimate = Estimate(per_request, basis)
+    full, stopped = False, ""
+    for put in range(CACHE_FILL_MAX):
+        reason = bench.run.gate(estimate, reserve)
+        if reason is not None:
+            stopped = f"the budget stopped the fill after {put} garments: {reason}"
+            break
+        before, start = len(cache), time.perf_counter()
         pipe(
             bench.person, bench.garments.new(), mask, category="upper_body", num_inference_steps=1,
             image_guidance_scale=request.scale, generator=0, height=request.height, width=request.width,
             output_type="latent",
         )  # fmt: skip
+        sync(bench.device)
+        estimate = Estimate(time.perf_counter() - start, "the last garment's fill, measured")
         if len(cache) <= before:
             full = True
             break
-    sync(bench.device)
     held = f"{len(cache)} entries, {cache.nbytes / MB:.0f} MB of {cache.max_bytes / MB:.0f} MB"
+    if stopped:
+        return f"{held} (not full: {stopped})"
     if not len(cache):
         return f"{held} (empty: one entry is larger than the bound)"
     if full:
@@ -773,7 +813,8 @@ def part_requests(bench: Bench) -> str:
     pipe = bench.pipelines[bench.main_type]
     first = bench.request_once(pipe, bench.request())
     bench.measured["request"] = first.total
-    bench.report["first"]["first request in this process, no warm-up (new garment)"] = (first.total, "")
+    first_row = "first request in this process, no warm-up (new garment)"
+    bench.report["first"][first_row] = (first.total, refused_note(first))
     bench.report["setup"]["pose on random weights"] = first.pose_outcome
     filled = fill_garment_cache(bench, pipe)
     bench.report["memory"].append((f"garment cache filled: {filled}", memory_snapshot(bench.device)))
@@ -783,7 +824,7 @@ def part_requests(bench: Bench) -> str:
             row, garment = run_config(bench, pipe, bench.request(scale, samples))
             rows.append(row)
             if len(rows) == 1 and row["reps"]:
-                if scale == SCALES[0] and samples == 1:
+                if scale == SCALES[0] and samples == 1 and "total" in row:
                     bench.measured["request"] = row["total"]  # steady state, for the estimates
                 rows.append(run_config(bench, pipe, bench.request(scale, samples), garment)[0])
             log(f"guidance {scale:g} x {samples} samples: {row_outcome(row)}")
@@ -792,7 +833,18 @@ def part_requests(bench: Bench) -> str:
     if failed:
         first_error = failed[0]["error"]
         raise SomeRequestsFailed(f"{len(failed)} of {len(rows)} configurations failed, first: {first_error}")
-    return filled
+    return f"{filled}; {non_finite_summary(rows)}"
+
+
+def refused_note(timing: Timing) -> str:
+    """A timed request's note when the pipeline refused its output (its time runs to the refusal)."""
+    if not timing.refused:
+        return ""
+    return f"non-finite output: NonFiniteOutputError at the {timing.refused} (timed up to it)"
+
+
+def joined(*notes: str) -> str:
+    return "; ".join(note for note in notes if note)
 
 
 def row_outcome(row: dict[str, Any]) -> str:
@@ -802,7 +854,9 @@ def row_outcome(row: dict[str, Any]) -> str:
         return f"failed ({row['error']})"
     if not row["reps"]:
         return f"skipped ({row.get('stopped', '')})"
-    return f"{row['total']:.3f} s"
+    if "total" not in row:
+        return f"non-finite ({non_finite_cell(row)})"
+    return f"{row['total']:.3f} s; {non_finite_cell(row)}"
 
 
 def part_child(bench: Bench) -> str:
@@ -822,8 +876,12 @@ def part_child(bench: Bench) -> str:
     first["child: preprocessor load"] = (child["preprocessor"], "")
     warm_up = "worker.warmup: pose, parsing, a 2-step try-on at the smallest size"
     first["child: warm_up()"] = (child["warm_up"], warm_up)
-    first["child: first request after warm-up (new garment)"] = (child["first"], "")
-    first["child: second request (new garment)"] = (child["second"], "")
+    for index, key in enumerate(("first", "second")):
+        timing = Timing(total=child[key], refused=child["refused"][index])
+        first[f"child: {key} request" + (" after warm-up" if key == "first" else "") + " (new garment)"] = (
+            timing.total,
+            refused_note(timing),
+        )
     return f"{wall:.1f} s in all"
 
 
@@ -850,18 +908,19 @@ def part_compile(bench: Bench) -> str:
     graphs = counters["unique_graphs"]
     try:
         eager = bench.request_once(pipe, request)
-        table["eager request (new garment)"] = (eager.total, "")
+        table["eager request (new garment)"] = (eager.total, refused_note(eager))
         compile_pipeline(pipe, backend=bench.args.compile_backend)
         compiling = bench.request_once(pipe, request)
         captured = counters["unique_graphs"] - graphs
+        graphs_note = f"backend {bench.args.compile_backend}; dynamo captured {captured} graph(s)"
         table["first compiled request (compile included)"] = (
             compiling.total,
-            f"backend {bench.args.compile_backend}; dynamo captured {captured} graph(s)",
+            joined(graphs_note, refused_note(compiling)),
         )
         table["compile time (that minus the eager request)"] = (compiling.total - eager.total, "")
         compiled = bench.request_once(pipe, request)
         speed_up = f"{eager.total / compiled.total:.2f}x faster than eager"
-        table["second compiled request"] = (compiled.total, speed_up)
+        table["second compiled request"] = (compiled.total, joined(speed_up, refused_note(compiled)))
         table["mean step, eager"] = (eager.stages["step"], "")
         ratio = eager.stages["step"] / compiled.stages["step"]
         table["mean step, compiled"] = (compiled.stages["step"], f"{ratio:.2f}x faster than eager")
@@ -950,10 +1009,10 @@ def child_main(args: argparse.Namespace) -> None:
     warm_s = warm_up(pipelines, preprocessor)
     request = Request(args.height, args.width, args.steps, SCALES[0], 1)
     person, garments, pipe = person_photo(), Garments(), pipelines[model_type]
-    first = run_request(pipe, preprocessor, request, device, person, garments.new()).total
-    second = run_request(pipe, preprocessor, request, device, person, garments.new()).total
-    print(json.dumps({"load": load_s, "preprocessor": preprocessor_s, "warm_up": warm_s, "first": first,
-                      "second": second}))  # fmt: skip
+    first = run_request(pipe, preprocessor, request, device, person, garments.new())
+    second = run_request(pipe, preprocessor, request, device, person, garments.new())
+    print(json.dumps({"load": load_s, "preprocessor": preprocessor_s, "warm_up": warm_s, "first": first.total,
+                      "second": second.total, "refused": [first.refused, second.refused]}))  # fmt: skip
 
 
 def run_child(args: argparse.Namespace, root: Path, timeout: float) -> dict[str, Any]:
@@ -1019,6 +1078,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.height, args.width = defaults["resolution"]
     else:
         args.height, args.width = (int(v) for v in args.resolution.lower().split("x"))
+    from ootd.pipeline import MAX_SIDE, SIZE_MULTIPLE  # the pipeline's rule, checked before minutes pass
+
+    sides = (args.height, args.width)
+    if any(side % SIZE_MULTIPLE or not SIZE_MULTIPLE <= side <= MAX_SIDE for side in sides):
+        parser.error(f"--resolution: each side a multiple of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_SIDE}")
     args.steps = args.steps or defaults["steps"]
     args.reps = defaults["quick_reps"] if args.quick else defaults["reps"]
     args.scale_list = tuple(float(v) for v in args.scales.split(","))

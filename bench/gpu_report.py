@@ -79,8 +79,10 @@ def render(report: dict[str, Any], ended: bool = False) -> str:
     for name, outcome in run.outcomes.items():
         seconds = "" if outcome.seconds is None else f"{outcome.seconds:.1f}"
         cpu = "" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.1f}"
-        parts.append([name, PART_TITLES.get(name, ""), outcome.status, seconds, cpu, outcome.note])
-    header = ["part", "what", "status", "seconds", "CPU seconds", "note"]
+        guess = outcome.estimate
+        estimate = "" if guess is None else f"~{guess.seconds:.0f} s: {guess.basis}"
+        parts.append([name, PART_TITLES.get(name, ""), outcome.status, seconds, cpu, estimate, outcome.note])
+    header = ["part", "what", "status", "seconds", "CPU seconds", "estimate (gate)", "note"]
     lines += _table("Parts, in run order", header, parts)
     lines += _table("Setup", ["item", "value"], [[key, str(value)] for key, value in setup.items()])
     if report["load"]:
@@ -152,12 +154,15 @@ def _requests(report: dict[str, Any]) -> list[str]:
         if "total" in row:
             cells = [_s(row["stages"][key]) for key, _ in STAGES]
             cells += [_s(row["total"]), _s(row["total"] / row["samples"])]
-            retries = f", {row['float32_retries']} decoded again in float32" if row["float32_retries"] else ""
-            cells.append(f"{row['non_finite']} of {row['images']} images{retries}")
         else:
             word = "OOM" if row.get("oom") else "failed" if "error" in row else "skipped"
-            cells = [word] * (len(STAGES) + 3)
+            word = "non-finite" if row.get("refused") else word
+            cells = [word] * (len(STAGES) + 2)
+        cells.append(non_finite_cell(row) if row.get("images") else cells[-1])
         notes = []
+        if row.get("refused") and "total" in row:
+            finished = row["reps"] - len(row["refused"])
+            notes.append(f"times from the {finished} of {row['reps']} reps the pipeline did not refuse")
         if row.get("oom"):
             notes.append(f"out of memory after {row['reps']} of {row['planned']} reps")
         if "error" in row:
@@ -167,6 +172,29 @@ def _requests(report: dict[str, Any]) -> list[str]:
         head = [f"{row['scale']:g}", str(row["samples"]), row["garment"], str(row["reps"])]
         rows.append(head + cells + memory + ["; ".join(notes)])
     return _table(title, header, rows)
+
+
+def non_finite_cell(row: dict[str, Any]) -> str:
+    """A request row's non-finite outputs: the images with NaN or infinity (those of refused
+    requests included), the requests the pipeline refused and at which stage, and the float32
+    decode retries (mended or not)."""
+    text = f"{row['non_finite']} of {row['images']} images"
+    if row["refused"]:
+        stages = ", ".join(sorted(set(row["refused"])))
+        text += f"; {len(row['refused'])} request(s) refused: NonFiniteOutputError ({stages})"
+    if row["float32_retries"]:
+        text += f"; {row['float32_retries']} decoded again in float32"
+    return text
+
+
+def non_finite_summary(rows: list[dict[str, Any]]) -> str:
+    """One phrase for all request rows, for the requests part's note."""
+    ran = [row for row in rows if row.get("images")]
+    total = {key: sum(row[key] for row in ran) for key in ("images", "non_finite", "float32_retries")}
+    refused = [stage for row in ran for stage in row["refused"]]
+    if not total["non_finite"] and not total["float32_retries"]:
+        return f"no non-finite output ({total['images']} images)"
+    return "non-finite outputs: " + non_finite_cell({**total, "refused": refused})
 
 
 class ReportFiles:

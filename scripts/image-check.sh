@@ -387,15 +387,22 @@ step_serve_runsync() {
   note "/runsync from the host answered COMPLETED; without the key 401"
 }
 
-# Without ALLOW_CPU a machine without CUDA is a failed start, in one line.
-step_no_allow_cpu() {
-  local rc=0 log=$LOGS/no-allow-cpu.log
-  run_container "$LABEL-nocpu" "$log" --network none -v "$TINY:/weights:ro" "$IMAGE" || rc=$?
+# refused_start NAME LOG PATTERN [engine run options]: the container exits 1 with one
+# 'cannot start' line matching PATTERN (an extended regex) and no traceback.
+refused_start() {
+  local name=$1 log=$2 pattern=$3 rc=0
+  shift 3
+  run_container "$name" "$log" --network none "$@" "$IMAGE" || rc=$?
   [ "$rc" = 1 ] || fail "exit status $rc, expected 1"
-  grep -q 'cannot start: no CUDA GPU is available' "$log" || fail "the reason is not in the log"
+  grep -Eq "cannot start: $pattern" "$log" || fail "the reason is not in the log"
   ! grep -q '^Traceback' "$log" || fail "a traceback instead of one line"
   [ "$(grep -c 'cannot start' "$log")" = 1 ] || fail "more than one 'cannot start' line"
-  say "exit 1: $(grep -o 'cannot start: .*' "$log" | cut -c1-140)..."
+  say "exit 1: $(grep -o 'cannot start: .*' "$log" | cut -c1-160)..."
+}
+
+# Without ALLOW_CPU a machine without CUDA is a failed start, in one line.
+step_no_allow_cpu() {
+  refused_start "$LABEL-nocpu" "$LOGS/no-allow-cpu.log" 'no CUDA GPU is available' -v "$TINY:/weights:ro"
   note "exit 1, one line"
 }
 
@@ -417,14 +424,8 @@ step_no_weights() {
 # OOTD_COMPILE=true in an image without a C compiler (issue 18): a failed start in one line, before
 # any weights load, instead of a warm-up that fails at every start (a crash loop on RunPod).
 step_compile_refused() {
-  local rc=0 log=$LOGS/compile-refused.log
-  run_container "$LABEL-compile" "$log" --network none -v "$TINY:/weights:ro" "${SMOKE_ENV[@]}" \
-    -e OOTD_COMPILE=true "$IMAGE" || rc=$?
-  [ "$rc" = 1 ] || fail "exit status $rc, expected 1"
-  grep -Eq 'cannot start: OOTD_COMPILE=true needs a C(\+\+)? compiler' "$log" || fail "the reason is not in the log"
-  ! grep -q '^Traceback' "$log" || fail "a traceback instead of one line"
-  [ "$(grep -c 'cannot start' "$log")" = 1 ] || fail "more than one 'cannot start' line"
-  say "exit 1: $(grep -o 'cannot start: .*' "$log" | cut -c1-160)..."
+  refused_start "$LABEL-compile" "$LOGS/compile-refused.log" 'OOTD_COMPILE=true needs a C(\+\+)? compiler' \
+    -v "$TINY:/weights:ro" "${SMOKE_ENV[@]}" -e OOTD_COMPILE=true
   note "exit 1, one line naming the missing compiler"
 }
 
@@ -548,7 +549,7 @@ for CURRENT in "${STEPS[@]}"; do
   [ "${RESULT[$CURRENT]}" = ok ] || [ "${RESULT[$CURRENT]}" = skipped ] || failed=1
   details=""
   [ -f "$NOTES/$CURRENT" ] && details=$(awk 'NR > 1 { printf "; " } { printf "%s", $0 }' "$NOTES/$CURRENT")
-  printf '  %-14s %-8s %5ss  %s\n' "$CURRENT" "${RESULT[$CURRENT]}" "${TOOK[$CURRENT]}" "$details"
+  printf '  %-15s %-8s %5ss  %s\n' "$CURRENT" "${RESULT[$CURRENT]}" "${TOOK[$CURRENT]}" "$details"
 done
 if [ "$failed" = 1 ]; then
   echo "image check FAILED"

@@ -37,6 +37,7 @@ def test_a_part_runs_while_its_estimate_fits_and_is_skipped_with_the_reason_once
     assert run.outcomes["first"].status == DONE
     assert run.outcomes["first"].seconds == pytest.approx(30.0)
     assert run.outcomes["first"].note == "measured"
+    assert run.outcomes["first"].estimate == Estimate(60.0, "2 requests at 30 s")  # shown beside 30 s
     # 70 s left: an estimate of 70 fits, one of 71 does not.
     assert run.part("fits", lambda: None, Estimate(70.0, "exact"))
     assert not run.part("second", work, Estimate(71.0, "compile ~61 s + 1 request"))

@@ -47,6 +47,11 @@ class Without(importlib.abc.MetaPathFinder):
 sys.meta_path[:] = [Without(finder) for finder in sys.meta_path]
 with open(os.environ["BENCH_WITHOUT_MARKER"], "a") as marker:
     marker.write(f"{{os.getpid()}}\\n")
+def imported():
+    with open(os.environ["BENCH_IMPORTED"], "a") as out:
+        out.write(" ".join(sorted({{name.split(".")[0] for name in sys.modules}})) + "\\n")
+import atexit
+atexit.register(imported)
 """
 
 
@@ -74,7 +79,12 @@ def _rows(text: str, prefix: str) -> dict[str, list[str]]:
 
 def _parts(text: str) -> dict[str, tuple[str, str]]:
     """Part -> (status, note), from the parts table."""
-    return {row[0]: (row[2], row[5]) for row in _section(text, "Parts")[1:]}
+    return {row[0]: (row[2], row[6]) for row in _section(text, "Parts")[1:]}
+
+
+def _estimates(text: str) -> dict[str, str]:
+    """Part -> the estimate its gate let through ("" for the ungated and the first measurement)."""
+    return {row[0]: row[5] for row in _section(text, "Parts")[1:]}
 
 
 def _seconds(cell: str) -> float:
@@ -91,6 +101,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, P
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(absent=ABSENT_ON_GPU_MACHINE))
     marker = site / "pids"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_WITHOUT_MARKER": str(marker),
+           "BENCH_IMPORTED": str(site / "imported"),
            "PYTHONPATH": os.pathsep.join([str(site), str(gpu.REPO_ROOT)])}  # fmt: skip
     argv = [*TINY, "--compile-backend", "eager", "--with-fp32", "--budget-s", "3600"]
     argv += ["--results-dir", str(results), "--out", str(out)]
@@ -116,8 +127,16 @@ def _in_process(argv: list[str], tmp_path: Path) -> str:
 def test_every_part_runs_and_every_section_is_a_well_formed_table(run) -> None:
     text = run[0]
     parts = _parts(text)
-    assert list(parts) == ["write-tree", "load", *gpu.PARTS]
+    # The issue's order: what only a GPU tells first, the fp32 tree last and only when asked.
+    in_order = ["requests", "child", "cold-load", "compile", "encoding", "weights", "fp32"]
+    assert list(parts) == ["write-tree", "load", *in_order]
     assert {name: status for name, (status, _) in parts.items()} == dict.fromkeys(parts, "done")
+    # Every gate after the requests part estimates from the request time measured in this run.
+    estimates = _estimates(text)
+    ungated = [name for name, estimate in estimates.items() if not estimate]
+    assert ungated == ["write-tree", "load", "requests"]
+    for name in ("child", "compile"):
+        assert re.search(r"3 requests at \d+\.\d s a request, measured", estimates[name]), estimates[name]
     assert "Status: ended after" in text and f": {len(parts)} done." in text
     tables = _tables(text)
     for title, rows in tables.items():
@@ -222,6 +241,34 @@ def test_the_run_and_its_warm_up_child_need_no_runpod_or_boto3(run) -> None:
     assert "child" in _parts(text) and _parts(text)["child"][0] == "done"
 
 
+GPU_MACHINE_IMPORTS = frozenset({
+    "accelerate", "anyio", "certifi", "charset_normalizer", "colorama", "cv2", "cython_runtime", "filelock",
+    "fsspec", "functorch", "google", "h11", "hf_xet", "httpcore", "httpx", "huggingface_hub", "idna",
+    "jinja2", "markupsafe", "ml_dtypes", "mpmath", "networkx", "numpy", "onnx", "onnxruntime", "packaging",
+    "PIL", "psutil", "regex", "requests", "safetensors", "sympy", "tokenizers", "torch", "torchgen", "tqdm",
+    "transformers", "triton", "typing_extensions", "urllib3", "yaml",
+})  # fmt: skip
+"""Import names of packages the GPU machine has (the device tool's package list for its H200
+kind, bench/README) that a run may load; torchgen and functorch come with torch."""
+CARRIED_WHEELS = frozenset({"diffusers"})
+"""What bench/README's device command carries as wheels in `.whl`."""
+HUB_2_HTTP = frozenset({"httpx2", "httpcore2", "truststore", "brotli", "backports"})
+"""huggingface_hub 2.x's HTTP client and what it loads, here only: the machine's hub 1.33 uses httpx."""
+PROJECT_PACKAGES = frozenset({"bench", "builder", "core", "ootd", "preprocess", "tiny_checkpoints", "worker"})
+
+
+def test_every_module_the_run_imports_is_on_the_gpu_machine_or_carried(run) -> None:
+    """What the fixture's two processes had in `sys.modules` at exit, outside the standard
+    library and the project: each on the GPU machine or in the carried wheels."""
+    loaded = (run[3].parent / "imported").read_text().splitlines()
+    assert len(loaded) == 2  # the benchmark and its warm-up child
+    for line in loaded:
+        names = {name for name in line.split() if not name.startswith("_")}
+        third_party = names - set(sys.stdlib_module_names) - PROJECT_PACKAGES - {"sitecustomize"}
+        assert "diffusers" in third_party and "onnxruntime" in third_party
+        assert sorted(third_party - GPU_MACHINE_IMPORTS - CARRIED_WHEELS - HUB_2_HTTP) == []
+
+
 def test_a_part_that_raises_is_recorded_failed_and_the_later_parts_still_run(tmp_path: Path) -> None:
     """Two real failures: 5 samples are more than the pipeline allows (one configuration fails,
     so the requests part fails after the others ran) and a torch.compile backend that does not
@@ -256,6 +303,86 @@ def test_a_part_that_raises_is_recorded_failed_and_the_later_parts_still_run(tmp
     assert list(compiled) == ["eager request (new garment)"]  # nothing claims a compiled request
 
 
+def test_non_finite_outputs_are_reported_per_row_and_do_not_fail_the_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NaN injected at the VAE decoder's output (a forward hook, as tests/test_nonfinite.py does)
+    of the float16 pipeline the GPU runs, on chosen float16 decodes: the pipeline's float32 retry
+    mends some, and one request it refuses (`NonFiniteOutputError`). Each request row counts its
+    non-finite images, retries and refusals; the part ends done and says so in its note."""
+    import torch
+
+    fp16_decodes: list[int] = []  # the float16 decoder calls so far (one per image)
+    poisoned = {2: "float16", 3: "both", 5: "float16"}  # the decode call -> which dtypes get NaN
+
+    def poison(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if args[0].dtype == torch.float16:
+            fp16_decodes.append(len(fp16_decodes) + 1)
+            return output * float("nan") if fp16_decodes[-1] in poisoned else output
+        return output * float("nan") if poisoned.get(fp16_decodes[-1]) == "both" else output
+
+    load_timed = gpu.load_timed
+
+    def load_poisoned(*args, **kwargs):
+        pipelines, seconds = load_timed(*args, **kwargs)
+        for pipe in pipelines.values():
+            pipe.vae.decoder.register_forward_hook(poison)
+        return pipelines, seconds
+
+    monkeypatch.setattr(gpu, "load_timed", load_poisoned)
+    argv = ["--parts", "requests", "--dtype", "float16", "--scales", "2", "--samples", "1,2"]
+    text = _in_process([*argv, "--budget-s", "3600"], tmp_path)
+
+    # decode 1: the first request; 2: the miss row; 3: the hit row; 4, 5: the 2-sample row
+    assert fp16_decodes == [1, 2, 3, 4, 5]
+    requests = _section(text, "Requests")
+    column = requests[0].index("non-finite outputs")
+    rows = {(row[1], row[2]): row for row in requests[1:]}
+    assert rows["1", "new (miss)"][column] == "0 of 1 images; 1 decoded again in float32"
+    refused = rows["1", "cached (hit)"]
+    assert refused[column] == (
+        "1 of 1 images; 1 request(s) refused: NonFiniteOutputError (VAE decode); 1 decoded again in float32"
+    )
+    assert refused[4 : 4 + len(STAGES) + 2] == ["non-finite"] * (len(STAGES) + 2)  # no time claimed
+    assert rows["2", "new (miss)"][column] == "0 of 2 images; 1 decoded again in float32"
+    status, note = _parts(text)["requests"]
+    assert status == "done"
+    assert note.endswith(
+        "; non-finite outputs: 1 of 4 images; 1 request(s) refused: NonFiniteOutputError (VAE decode); "
+        "3 decoded again in float32"
+    )
+
+
+def test_the_garment_cache_fill_is_gated_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's clock jumps past the budget when the first request decodes (the fill decodes
+    nothing): the fill puts no garment in, says why, and the configurations are skipped."""
+    import functools
+    import time
+
+    offset = [0.0]
+    monkeypatch.setattr(gpu, "Run", functools.partial(Run, clock=lambda: time.perf_counter() + offset[0]))
+    load_timed = gpu.load_timed
+
+    def load_with_a_late_decoder(*args, **kwargs):
+        pipelines, seconds = load_timed(*args, **kwargs)
+        for pipe in pipelines.values():
+            pipe.vae.decoder.register_forward_hook(lambda *_: offset.__setitem__(0, 1e6))
+        return pipelines, seconds
+
+    monkeypatch.setattr(gpu, "load_timed", load_with_a_late_decoder)
+    text = _in_process(
+        ["--parts", "requests", "--scales", "2", "--samples", "1", "--budget-s", "3600"], tmp_path
+    )
+    filled = next(when for when in _rows(text, "Memory (GiB)") if when.startswith("garment cache filled"))
+    assert re.fullmatch(
+        r"garment cache filled: 1 entries, .* \(not full: the budget stopped the fill after 0 garments: "
+        r"needs ~\d+ s \(\S+ s a request, measured\) \+ \d+ s kept for the later parts; 0 s left .*\)",
+        filled,
+    ), filled
+    assert _parts(text)["requests"][0] == "done"
+    assert {row[3] for row in _section(text, "Requests")[1:]} == {"0"}  # every configuration skipped
+
+
 def test_parts_past_a_tiny_budget_are_skipped_with_the_reason(tmp_path: Path) -> None:
     text = _in_process(["--budget-s", "0.001", "--with-fp32"], tmp_path)
     parts = _parts(text)
@@ -269,6 +396,13 @@ def test_parts_past_a_tiny_budget_are_skipped_with_the_reason(tmp_path: Path) ->
     assert "10 s a request, assumed: none measured" in parts["child"][1]
     assert ": 2 done, 7 skipped (requests, child, cold-load, compile, encoding, weights, fp32)." in text
     assert not any(title.startswith(("Requests", "Compile", "Weights")) for title in _tables(text))
+
+
+def test_a_resolution_the_pipeline_refuses_is_refused_before_anything_runs(capsys) -> None:
+    with pytest.raises(SystemExit):
+        gpu.parse_args(["--resolution", "128x96"])
+    assert "--resolution: each side a multiple of 64 in 64..2048" in capsys.readouterr().err
+    assert (gpu.parse_args(["--resolution", "128x64"]).height, gpu.parse_args([]).width) == (128, 768)
 
 
 def test_the_fp16_tree_is_written_in_builder_to_fp16s_form(tmp_path: Path) -> None:

@@ -152,7 +152,7 @@ def test_local_api_run_then_status(api: ApiWorker) -> None:
     assert status == 200 and queued["status"] == "IN_PROGRESS" and queued["id"]
     status, body = api.post(f"/status/{queued['id']}", {})
     assert status == 200 and body["status"] == "COMPLETED", body
-    assert decode(body["output"]["images"][0]).size == (192, 192)
+    assert decode(body["output"]["images"][0]).size == (512, 512)  # the house photo's own size
 
 
 def test_local_api_reports_a_bad_request_as_failed_with_the_sentence(api: ApiWorker) -> None:

@@ -160,7 +160,7 @@ def test_the_worker_serves_a_job_from_the_converted_tree(converted, monkeypatch)
         "resolution": "256x192", "steps": 2, "seed": 7}})  # fmt: skip
     assert "error" not in result, result.get("error")
     image = Image.open(io.BytesIO(base64.b64decode(result["images"][0]["base64"])))
-    assert image.format == "PNG" and image.size == (192, 192)  # fitted to the house photo
+    assert image.format == "PNG" and image.size == (512, 512)  # the house photo's own size
 
 
 def run_command(stage: Path, root: Path) -> subprocess.CompletedProcess:
