@@ -20,6 +20,13 @@ STEPS_RANGE = (1, 50)
 DEFAULT_STEPS = 20
 SAMPLES_RANGE = (1, 4)
 DEFAULT_SAMPLES = 1
+MAX_BATCH_ROWS = SAMPLES_RANGE[1]
+"""Images per try-on UNet batch (before the guidance halves): a job's `samples`, or a catalog's
+people x samples. The same bound keeps every batch among the shapes `diffusion_shapes` counts."""
+MAX_PEOPLE = 8
+"""People a catalog job dresses (`person` / `person_index` given as a list)."""
+MAX_GARMENTS = 3
+"""Garments an outfit job puts on one person (`garments`), one pass each."""
 GUIDANCE_RANGE = (1.0, 5.0)
 DEFAULT_GUIDANCE = 2.0
 GUIDANCE_OFF = 1.0
@@ -30,6 +37,11 @@ half is not run: guidance on or off changes the try-on UNet's batch (2N or N row
 def is_guided(scale: float) -> bool:
     """Whether `scale` runs the zero-garment half of the batch (see `GUIDANCE_OFF`)."""
     return scale > GUIDANCE_OFF
+
+
+def people_per_batch(samples: int) -> int:
+    """How many people go through the try-on UNet together when each gets `samples` images."""
+    return max(1, MAX_BATCH_ROWS // samples)
 
 
 def smallest_resolution() -> Size:

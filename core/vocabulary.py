@@ -36,6 +36,34 @@ AUTO = "auto"
 # specialist; Dress Code's model shares its capacity among three categories.
 AUTO_MODEL_TYPE_ORDER: tuple[str, ...] = ("hd", "dc")
 
+# Outfits (`garments`): the order of the passes, one per garment, each dressing the previous
+# pass's result. "lower_first" (the default) puts the top on last, so its hem falls over the
+# waistband, as most outfits are worn; "upper_first" tucks the top in. A dress goes alone.
+OUTFIT_ORDERS: dict[str, tuple[str, ...]] = {
+    "lower_first": ("lower_body", "upper_body", "dress"),
+    "upper_first": ("upper_body", "lower_body", "dress"),
+}
+
+
+def outfit_passes(categories: Sequence[str], order: str) -> list[int]:
+    """The positions of an outfit's garments (their categories, API names) in the order their
+    passes run (`OUTFIT_ORDERS[order]`)."""
+    rank = OUTFIT_ORDERS[order]
+    return sorted(range(len(categories)), key=lambda position: rank.index(categories[position]))
+
+
+def outfit_problem(categories: Sequence[str]) -> str | None:
+    """Why garments of these categories (API names) cannot make one outfit, or None when they can:
+    at most one per category, and a dress alone."""
+    repeated = sorted({name for name in categories if categories.count(name) > 1})
+    if repeated:
+        several = " and ".join(f"several {name}" for name in repeated)
+        return f"garments: an outfit takes at most one garment per category, not {several}"
+    if "dress" in categories and len(categories) > 1:
+        return "garments: a dress goes alone (it covers the upper and the lower body), not with others"
+    return None
+
+
 # How the garment was photographed: "flat" (laid flat or on a hanger, on a plain background:
 # what both models were trained on), "model" (worn by a person: the garment is cut out first),
 # "auto" (decided from whether a person is found in the garment photo).

@@ -15,6 +15,11 @@ What runs per request, in the published order (see the architecture reference, s
    out as black pixels): non-finite pixels are decoded once more in float32, and whatever stays
    non-finite raises `ootd.errors.NonFiniteOutputError` naming the stage.
 
+Several people (a list of persons and masks, one garment) share the garment's steps 2-4 and go
+through steps 5-6 together, at most `core.generation.MAX_BATCH_ROWS` images per batch; each
+person's pictures are encoded on their own and their noise drawn from the seed on its own, as for
+a call with that person alone (see `initial_noise`).
+
 Where this deliberately differs from the published code (same maths, less work): at guidance
 scale exactly 1 only the conditional half runs; the garment UNet runs on 2 rows instead of 2N;
 the garment-query rows of the fused self-attention are never computed; with a `garment_cache`,
@@ -42,7 +47,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from core.generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, SAMPLES_RANGE, is_guided
+from core.generation import DEFAULT_GUIDANCE, DEFAULT_STEPS, SAMPLES_RANGE, is_guided, people_per_batch
 from core.images import WHITE, flatten
 from core.vocabulary import MODEL_FRAME, PUBLISHED_CATEGORIES, check_published
 from ootd import layout
@@ -249,6 +254,105 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         if self.garment_cache is not None:
             self.garment_cache.put(cache_key, GarmentConditioning(prompt_embeds, garment_latents, features))
 
+    def initial_noise(
+        self, people: int, samples: int, height: int, width: int, generator: torch.Generator | int
+    ) -> torch.Tensor:
+        """(people x samples, C, height/8, width/8) standard normal noise, person by person, in the
+        try-on UNet's dtype on its device, as `__call__` draws it (pass it back as `latents`).
+        With an integer seed each person's rows come from a fresh CPU generator seeded with it:
+        the noise a call for that person alone draws, bit for bit; a generator draws the people's
+        rows one after another."""
+        factor = self.vae_scale_factor
+        shape = (samples, self.unet_vton.config.out_channels, height // factor, width // factor)
+        device, dtype = self._execution_device, self.unet_vton.dtype
+        blocks = []
+        for _ in range(people):
+            source = generator
+            if not isinstance(source, torch.Generator):
+                source = torch.Generator("cpu").manual_seed(int(generator))
+            blocks.append(randn_tensor(shape, generator=source, device=device, dtype=dtype))
+        return torch.cat(blocks)
+
+    def _encode_person(
+        self, person: PIL.Image.Image, mask: PIL.Image.Image, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masked person latents, scaled original latents, mask latents) of one person, each
+        (1, C, h, w): the VAE sees one picture at a time, as for a call with that person alone."""
+        person_latents = self.encode_image(masked_person_image(person, mask)).to(dtype)
+        original_latents = self.encode_image(person).to(dtype) * self.vae.config.scaling_factor
+        mask_latents = F.interpolate(mask_to_tensor(mask), size=person_latents.shape[-2:])
+        return person_latents, original_latents, mask_latents.to(self._execution_device, dtype)
+
+    def _denoise(
+        self,
+        people: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        noise: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        samples: int,
+        guided: bool,
+        guidance_scale: float,
+        num_inference_steps: int,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> torch.Tensor:
+        """The denoising loop for one batch of people (`_encode_person`'s latents each) with the
+        repaint after every step; returns the final latents, a row per image."""
+        # A row per image, person by person ([cond x n ; uncond x n] halves with guidance, in the
+        # order of the garment rows). torch.cat repeats, as published (see step 5 of __call__).
+        rows = len(people) * samples
+        batch_embeds = prompt_embeds.repeat(1, rows, 1).view(rows, prompt_embeds.shape[1], -1)
+        person_latents = torch.cat([latents for latents, _, _ in people for _ in range(samples)], dim=0)
+        original_latents = torch.cat([latents for _, latents, _ in people for _ in range(samples)], dim=0)
+        mask_latents = torch.cat([latents for _, _, latents in people for _ in range(samples)], dim=0)
+        if guided:
+            batch_embeds = torch.cat([batch_embeds, batch_embeds])
+            person_latents = torch.cat([person_latents] * 2, dim=0)
+
+        # Timesteps, afresh for each batch (the scheduler counts its steps). With a begin index,
+        # add_noise uses the scheduler's own step counter, i.e. exactly the sigma of the next
+        # step. Looking the timestep up instead (the published code did) picks the wrong sigma,
+        # or in diffusers 0.24 crashes, once Karras rounding repeats timesteps (45 steps and
+        # more); below that both give the same index.
+        self.scheduler.set_timesteps(num_inference_steps, device=noise.device)
+        self.scheduler.set_begin_index(0)
+        timesteps = self.scheduler.timesteps
+        latents = noise.clone()
+
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for index, timestep in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if guided else latents
+                model_input = self.scheduler.scale_model_input(model_input, timestep)
+                eps = self.unet_vton(
+                    torch.cat([model_input, person_latents], dim=1),
+                    timestep,
+                    encoder_hidden_states=batch_embeds,
+                    return_dict=False,
+                )[0]
+                if guided:
+                    eps_garment, eps_zero = eps.chunk(2)
+                    eps = eps_zero + guidance_scale * (eps_garment - eps_zero)
+                latents = self.scheduler.step(eps, timestep, latents, return_dict=False)[0]
+
+                # Repaint: outside the mask, the original latent at the noise level of the next step.
+                known = original_latents
+                if index < len(timesteps) - 1:
+                    next_timestep = timesteps[index + 1 : index + 2]
+                    known = self.scheduler.add_noise(original_latents, noise, next_timestep)
+                latents = (1 - mask_latents) * known + mask_latents * latents
+
+                if callback_on_step_end is not None:
+                    available = {
+                        "latents": latents,
+                        "noise": noise,
+                        "mask_latents": mask_latents,
+                        "original_latents": original_latents,
+                    }
+                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, index, timestep, callback_kwargs) or {}
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+        return latents
+
     # ---------------------------------------------------------------------------------- decoding
     def _decode(self, latents: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(N, 3, H, W) pixels in [-1, 1] of the scaled `latents`, handed to the VAE in `dtype`.
@@ -389,9 +493,9 @@ class OOTDiffusionPipeline(DiffusionPipeline):
     @torch.inference_mode()
     def __call__(
         self,
-        person: PIL.Image.Image,
+        person: PIL.Image.Image | Sequence[PIL.Image.Image],
         garment: PIL.Image.Image,
-        mask: PIL.Image.Image,
+        mask: PIL.Image.Image | Sequence[PIL.Image.Image],
         category: str = "upper_body",
         num_inference_steps: int = DEFAULT_STEPS,
         image_guidance_scale: float = DEFAULT_GUIDANCE,
@@ -403,13 +507,24 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         garment_image_embeds: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
     ) -> OOTDiffusionPipelineOutput:
         """Dress `person` in `garment` inside `mask` (PIL "L", 255 = repaint).
 
+        `person` and `mask` may be lists of the same length (several people, each with their
+        own mask, in one garment): the garment is conditioned once and the people go through
+        the try-on UNet together, `people_per_batch(num_images_per_prompt)` at a time (at most
+        `MAX_BATCH_ROWS` images per batch). Images come back person by person, each person's
+        `num_images_per_prompt` samples in a row.
+
         `generator`: a torch.Generator (use `torch.Generator("cpu")` for device-independent noise),
-        an integer seed, or None for a random seed. `callback_on_step_end(pipe, step_index,
-        timestep, callback_kwargs)` runs after every step (after the repaint) with the tensors
-        named in `callback_on_step_end_tensor_inputs`; a returned "latents" replaces the latents.
+        an integer seed, or None for a random seed. With a seed every person gets the noise a
+        call for that person alone gets; a generator draws the people's noise one after another.
+        `latents`: the initial noise itself (standard normal, one row per image, as
+        `initial_noise` draws it), when the caller decides it; `generator` is then unused.
+        `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)` runs after every step
+        (after the repaint) with the tensors named in `callback_on_step_end_tensor_inputs`, for
+        each batch in turn; a returned "latents" replaces the latents.
         Returns `.images`: a list of PIL images, an (N, H, W, 3) float array in [0, 1], or the
         (N, 4, H/8, W/8) latents (scaled as the UNet sees them), by `output_type`.
 
@@ -423,34 +538,34 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         (black pixels); `.decoded_in_float32` says when the float32 decode retry was needed.
         """
         # 1. Check inputs
-        self.check_inputs(
-            person, garment, mask, category, num_inference_steps, image_guidance_scale,
-            num_images_per_prompt, generator, height, width, output_type, callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+        people = list(person) if isinstance(person, list | tuple) else [person]
+        masks = list(mask) if isinstance(mask, list | tuple) else [mask]
+        if len(people) != len(masks) or not people:
+            raise ValueError(f"`person` and `mask` must be as many (>= 1): {len(people)} and {len(masks)}")
+        for one_person, one_mask in zip(people, masks, strict=True):
+            self.check_inputs(
+                one_person, garment, one_mask, category, num_inference_steps, image_guidance_scale,
+                num_images_per_prompt, generator, height, width, output_type, callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+            )  # fmt: skip
 
         # 2. Define call parameters
         if generator is None:
             generator = secrets.randbelow(2**31)
-        if not isinstance(generator, torch.Generator):
-            generator = torch.Generator("cpu").manual_seed(int(generator))
         device = self._execution_device
         dtype = self.unet_vton.dtype
         samples = num_images_per_prompt
         guided = is_guided(image_guidance_scale)
-        scaling = self.vae.config.scaling_factor
 
         # 3. Preprocess the pictures as published: stretched to width x height (PIL's default
         # bicubic), the area to repaint of the person filled with gray 127
         size = (width, height)
-        person = to_rgb(person).resize(size, PIL.Image.BICUBIC)
+        people = [to_rgb(image).resize(size, PIL.Image.BICUBIC) for image in people]
         garment = to_rgb(garment).resize(size, PIL.Image.BICUBIC)
-        if mask.size != size:
-            mask = mask.resize(size, PIL.Image.NEAREST)
-        masked_person = masked_person_image(person, mask)
+        masks = [image if image.size == size else image.resize(size, PIL.Image.NEAREST) for image in masks]
 
-        # 4. Encode the garment (prompt embeddings and latents, or the garment cache's), the
-        # person and the mask
+        # 4. Encode the garment (prompt embeddings and latents, or the garment cache's), then
+        # each person and mask on their own (the latents a call for that person alone gets)
         cache_key = garment_key(garment, self.model_type, category, guided)
         cached = self.garment_cache.get(cache_key) if self.garment_cache is not None else None
         if cached is not None:
@@ -458,91 +573,48 @@ class OOTDiffusionPipeline(DiffusionPipeline):
         else:
             prompt_embeds = self.encode_prompt(garment, category, garment_image_embeds).to(device, dtype)
             garment_latents = self.encode_image(garment).to(dtype)
-        person_latents = self.encode_image(masked_person).to(dtype)
-        original_latents = self.encode_image(person).to(dtype)
-        mask_latents = F.interpolate(mask_to_tensor(mask), size=person_latents.shape[-2:]).to(device, dtype)
+        encoded = [self._encode_person(*pair, dtype) for pair in zip(people, masks, strict=True)]
 
-        # 5. Prepare the batches: a row per sample, [garment ; zero garment] halves with guidance.
-        # Repeat with torch.cat, as published: it keeps the VAE output's memory layout, and the
-        # convolutions round differently on a layout change (fidelity notes).
+        # 5. The garment rows: [garment ; zero garment] halves with guidance. Repeat with
+        # torch.cat, as published: it keeps the VAE output's memory layout, and the convolutions
+        # round differently on a layout change (fidelity notes).
         garment_batch = torch.cat([garment_latents], dim=0)
         if guided:
             garment_batch = torch.cat([garment_batch, torch.zeros_like(garment_batch)], dim=0)
         groups = garment_batch.shape[0]
-        batch_embeds = prompt_embeds.repeat(1, samples, 1).view(samples, prompt_embeds.shape[1], -1)
-        person_latents = torch.cat([person_latents] * samples, dim=0)
-        original_latents = torch.cat([original_latents] * samples, dim=0) * scaling
-        mask_latents = torch.cat([mask_latents] * samples, dim=0)
-        if guided:
-            batch_embeds = torch.cat([batch_embeds, batch_embeds])
-            person_latents = torch.cat([person_latents] * 2, dim=0)
 
-        # 6. Prepare timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        # With a begin index, add_noise uses the scheduler's own step counter, i.e. exactly the
-        # sigma of the next step. Looking the timestep up instead (the published code did) picks
-        # the wrong sigma, or in diffusers 0.24 crashes, once Karras rounding repeats timesteps
-        # (45 steps and more); below that both give the same index.
-        self.scheduler.set_begin_index(0)
-        timesteps = self.scheduler.timesteps
+        # 6. Prepare the initial noise: a row per image, person by person
+        if latents is None:
+            latents = self.initial_noise(len(people), samples, height, width, generator)
+        expected = (len(people) * samples, self.unet_vton.config.out_channels, *encoded[0][0].shape[-2:])
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"`latents` must have shape {expected}, got {tuple(latents.shape)}")
+        noise = latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
-        # 7. Prepare the initial noise
-        shape = (samples, self.unet_vton.config.out_channels, *person_latents.shape[-2:])
-        noise = (
-            randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            * self.scheduler.init_noise_sigma
-        )
-        latents = noise.clone()
-
+        outputs: list[torch.Tensor] = []
         try:
-            # 8. Condition the try-on UNet on the garment: the garment UNet pass, or the cached
+            # 7. Condition the try-on UNet on the garment: the garment UNet pass, or the cached
             # features; either way the try-on blocks' garment keys/values are ready before step 1
             if cached is not None:
                 self.fusion.use_features(cached.features)
             else:
                 self._encode_garment(cache_key, prompt_embeds, garment_latents, garment_batch, groups)
 
-            # 9. Denoising loop, with the repaint after every step
-            with self.progress_bar(total=len(timesteps)) as progress_bar:
-                for index, timestep in enumerate(timesteps):
-                    model_input = torch.cat([latents] * 2) if guided else latents
-                    model_input = self.scheduler.scale_model_input(model_input, timestep)
-                    eps = self.unet_vton(
-                        torch.cat([model_input, person_latents], dim=1),
-                        timestep,
-                        encoder_hidden_states=batch_embeds,
-                        return_dict=False,
-                    )[0]
-                    if guided:
-                        eps_garment, eps_zero = eps.chunk(2)
-                        eps = eps_zero + image_guidance_scale * (eps_garment - eps_zero)
-                    latents = self.scheduler.step(eps, timestep, latents, return_dict=False)[0]
-
-                    # Repaint: outside the mask, the original latent at the noise level of the next step.
-                    known = original_latents
-                    if index < len(timesteps) - 1:
-                        known = self.scheduler.add_noise(
-                            original_latents, noise, timesteps[index + 1 : index + 2]
-                        )
-                    latents = (1 - mask_latents) * known + mask_latents * latents
-
-                    if callback_on_step_end is not None:
-                        available = {
-                            "latents": latents,
-                            "noise": noise,
-                            "mask_latents": mask_latents,
-                            "original_latents": original_latents,
-                        }
-                        callback_kwargs = {
-                            name: available[name] for name in callback_on_step_end_tensor_inputs
-                        }
-                        outputs = callback_on_step_end(self, index, timestep, callback_kwargs) or {}
-                        latents = outputs.pop("latents", latents)
-                    progress_bar.update()
+            # 8. Denoise the people in batches of at most MAX_BATCH_ROWS images
+            together = people_per_batch(samples)
+            for first in range(0, len(people), together):
+                batch = encoded[first : first + together]
+                rows = slice(first * samples, (first + len(batch)) * samples)
+                denoised = self._denoise(
+                    batch, noise[rows], prompt_embeds, samples, guided, image_guidance_scale,
+                    num_inference_steps, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                )  # fmt: skip
+                outputs.append(denoised)
         finally:
             self.fusion.clear()
+        latents = torch.cat(outputs)
 
-        # 10. Decode, and refuse NaN or infinite values (one check, one device sync)
+        # 9. Decode, and refuse NaN or infinite values (one check, one device sync)
         decoded_in_float32 = False
         if output_type == "latent":
             self._check_latents_finite(latents)
@@ -551,6 +623,6 @@ class OOTDiffusionPipeline(DiffusionPipeline):
             pixels, decoded_in_float32 = self._decode_finite(latents)
             images = self.vae_image_processor.postprocess(pixels, output_type=output_type)
 
-        # 11. Offload all models
+        # 10. Offload all models
         self.maybe_free_model_hooks()
         return OOTDiffusionPipelineOutput(images=images, decoded_in_float32=decoded_in_float32)

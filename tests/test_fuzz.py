@@ -44,7 +44,10 @@ from worker.schema import (
     FITS,
     GARMENT_PHOTO_TYPES,
     GUIDANCE_RANGE,
+    MAX_GARMENTS,
+    MAX_PEOPLE,
     MAX_SEED,
+    OUTFIT_ORDERS,
     OUTPUT_FORMATS,
     OUTPUT_SIZES,
     RESOLUTIONS,
@@ -147,10 +150,21 @@ image_values = (
 
 def near_valid(field: str, *, cheap: bool) -> st.SearchStrategy:
     """Values for `field` around its valid ones; `cheap` keeps jobs that pass tiny and fast."""
-    if field in ("person", "garment", "mask"):
+    people = 2 if cheap else MAX_PEOPLE + 1  # lists of people: a catalog (within and over the limit)
+    if field in ("garment", "mask"):
         return image_values
+    if field == "person":
+        return image_values | st.lists(image_values, max_size=people)
     if field == "person_index":
-        return st.integers(-2, 3) | st.floats(-1, 2)
+        return st.integers(-2, 3) | st.floats(-1, 2) | st.lists(st.integers(-1, 1), max_size=people)
+    if field == "garments":
+        item = st.fixed_dictionaries(
+            {"garment": image_values, "category": near_valid("category", cheap=cheap)},
+            optional={"garment_photo_type": near_valid("garment_photo_type", cheap=cheap)},
+        )
+        return st.lists(item | json_values, max_size=1 if cheap else MAX_GARMENTS + 1)
+    if field == "order":
+        return st.sampled_from([*OUTFIT_ORDERS, "UPPER_FIRST", "sideways"])
     if field == "model_type":
         return st.sampled_from([*MODEL_TYPES, *(name.upper() for name in MODEL_TYPES), " dc ", "xl", "auto"])
     if field == "category":

@@ -125,7 +125,7 @@ def test_hub_presets_choose_the_model_types(hub) -> None:
 
 def test_tests_json_needs_nothing_from_outside_and_allows_a_cold_start(hub, hub_tests) -> None:
     tests, config = hub_tests["tests"], hub_tests["config"]
-    assert 2 <= len(tests) <= 3
+    assert 2 <= len(tests) <= 4
     assert len({test["name"] for test in tests}) == len(tests)
     photos = house_model_photos(Settings().model_images_dir)
     for test in tests:
@@ -133,12 +133,16 @@ def test_tests_json_needs_nothing_from_outside_and_allows_a_cold_start(hub, hub_
         assert isinstance(test["timeout"], int) and test["timeout"] >= COLD_START_MS
         # No URL anywhere: a bundled house model and an inline garment.
         assert "http" not in json.dumps(test["input"]).lower()
-        assert 0 <= test["input"]["person_index"] < len(photos)
-        assert test["input"]["garment"].startswith("data:image/")
-        assert len(test["input"]["garment"]) < 20_000  # a small garment keeps the file small
+        people = test["input"]["person_index"]
+        assert all(0 <= index < len(photos) for index in (people if isinstance(people, list) else [people]))
+        for garment in _garments(test["input"]):
+            assert garment.startswith("data:image/")
+            assert len(garment) < 20_000  # a small garment keeps the file small
     assert any(
         t["input"].get("model_type") == "dc" and t["input"].get("category") == "lower_body" for t in tests
     )
+    assert any("garments" in t["input"] for t in tests)  # an outfit
+    assert any(isinstance(t["input"]["person_index"], list) for t in tests)  # a catalog
     assert isinstance(config["gpuTypeId"], str) and config["gpuCount"] == 1
     assert set(config["allowedCudaVersions"]) <= set(hub["config"]["allowedCudaVersions"])
     read = keys_the_worker_reads()
@@ -166,8 +170,16 @@ def test_every_tests_json_job_returns_an_image(hub_tests, hub_test_env) -> None:
     for test in hub_tests["tests"]:
         result = handler.handler({"id": test["name"], "input": {**test["input"], **CPU_OVERRIDE}})
         assert "error" not in result, (test["name"], result.get("error"))
-        assert result["model_type"] == test["input"]["model_type"]
-        image = Image.open(io.BytesIO(base64.b64decode(result["images"][0]["base64"])))
+        if "garments" in test["input"]:  # an outfit: a pass per garment, each with its model
+            assert len(result["passes"]) == len(test["input"]["garments"])
+        else:
+            assert result["model_type"] == test["input"]["model_type"]
+        if isinstance(test["input"]["person_index"], list):  # a catalog: a result per person
+            assert result["succeeded"] == len(result["results"]) == len(test["input"]["person_index"])
+            entries = [image for entry in result["results"] for image in entry["images"]]
+        else:
+            entries = result["images"]
+        image = Image.open(io.BytesIO(base64.b64decode(entries[0]["base64"])))
         image.load()
         output_size = test["input"].get("output_size", "input")
         sizes.add(output_size)
@@ -177,3 +189,10 @@ def test_every_tests_json_job_returns_an_image(hub_tests, hub_test_env) -> None:
             assert image.width == 192 and image.width / image.height == house_photo.width / house_photo.height
         assert image.format.lower() == test["input"].get("output_format", "png")
     assert sizes == {"input", "frame"}  # the default and the published output are both tried
+
+
+def _garments(job_input: Mapping) -> list[str]:
+    """The garment pictures of a tests.json job: its `garment`, or each item's of an outfit."""
+    if "garments" in job_input:
+        return [item["garment"] for item in job_input["garments"]]
+    return [job_input["garment"]]

@@ -445,6 +445,23 @@ def worker_env(checkpoints: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def handler_env(checkpoints: Path, **extra: str) -> Iterator[None]:
+    """This process's environment for jobs run through `handler.handler` on test weights: the
+    small 256x192 size and loopback URLs allowed, no bucket, no platform (progress only logged),
+    `extra` on top; restored on exit."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in os.environ:
+            if name.startswith(("BUCKET_", "RUNPOD_WEBHOOK")):
+                patch.delenv(name)
+        for name, value in {"CHECKPOINTS_DIR": str(checkpoints), "EXTRA_RESOLUTIONS": "256x192",
+                            ALLOW_PRIVATE_URLS: "true", **extra}.items():  # fmt: skip
+            patch.setenv(name, value)
+        yield
+
+
 def served_worker_env(checkpoints: Path, **extra: str) -> dict[str, str]:
     """`worker_env` for a worker serving HTTP: no warm-up job before the first request (the
     `--test_input` run covers the warm-up; here it would only delay the start), uvicorn quiet."""

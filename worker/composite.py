@@ -134,7 +134,7 @@ def composite(
     """
     size = Size(*size)
     region = photo_region(mask.size, pad)
-    out_mask = _fit(mask, region, size, Image.Resampling.NEAREST)
+    out_mask = output_mask(mask, pad, size)
     if not keep_photo:
         return _resample(frames, region, size), out_mask
     base = photo if photo.size == size else _resample([photo], (0, 0, *photo.size), size)[0]
@@ -150,6 +150,12 @@ def composite(
     pairs = zip(outputs, frames, strict=True)
     _run([blend(target, frame, strip) for target, frame in pairs for strip in _strips(box)])
     return outputs, out_mask
+
+
+def output_mask(mask: Image.Image, pad: PadBox | None, size: tuple[int, int]) -> Image.Image:
+    """The repaint `mask` (in the frame's pixels) over the photo's region, at the output `size`:
+    what `return_mask` returns beside the images."""
+    return _fit(mask, photo_region(mask.size, pad), Size(*size), Image.Resampling.NEAREST)
 
 
 def feather(mask: Image.Image, band: int) -> tuple[PixelBox, Image.Image] | None:

@@ -200,26 +200,37 @@ def read_image(ref: ImageRef, settings: Settings, budget: DownloadBudget | None 
     return decode_image(data, ref.field, settings.max_input_pixels)
 
 
-def read_images(refs: Sequence[ImageRef], settings: Settings) -> list[Image.Image]:
+def read_images(refs: Sequence[ImageRef], settings: Settings, *, each: bool = False) -> list:
     """Read several pictures at once: URLs concurrently, all under one `DownloadBudget`.
 
     The first failure (in the order of `refs`, among those that have failed by then) ends
     the wait and calls the other downloads off, so a job never waits for a picture it can
-    no longer use.
+    no longer use. With `each`, a picture that cannot be read is returned as its `InputError`
+    and the others are still waited for, within the same deadline (a catalog serves the people
+    whose photos came).
     """
     with DownloadBudget(settings.download_timeout, settings.download_connect_timeout) as budget:
         if sum(ref.kind == "url" for ref in refs) < 2:
-            return [read_image(ref, settings, budget) for ref in refs]
-        return _read_concurrently(refs, settings, budget)
+            return [_read(ref, settings, budget, each) for ref in refs]
+        return _read_concurrently(refs, settings, budget, each)
+
+
+def _read(ref: ImageRef, settings: Settings, budget: DownloadBudget, each: bool) -> Image.Image | InputError:
+    try:
+        return read_image(ref, settings, budget)
+    except InputError as error:
+        if not each:
+            raise
+        return error
 
 
 def _read_concurrently(
-    refs: Sequence[ImageRef], settings: Settings, budget: DownloadBudget
-) -> list[Image.Image]:
+    refs: Sequence[ImageRef], settings: Settings, budget: DownloadBudget, each: bool
+) -> list[Image.Image | InputError]:
     pool = ThreadPoolExecutor(max_workers=len(refs), thread_name_prefix="fetch")
     futures = []
     try:
-        futures += [pool.submit(read_image, ref, settings, budget) for ref in refs]
+        futures += [pool.submit(_read, ref, settings, budget, each) for ref in refs]
         # The fetches end by the deadline themselves; the margin only covers a stuck name
         # lookup (getaddrinfo cannot be interrupted) or a decode finishing just after it.
         wait(futures, timeout=budget.remaining() + _DEADLINE_MARGIN, return_when=FIRST_EXCEPTION)
@@ -229,10 +240,16 @@ def _read_concurrently(
         for future in futures:
             if future.done() and future.exception() is not None:
                 raise future.exception()
+        results = []
         for ref, future in zip(refs, futures, strict=True):
-            if not future.done():
-                raise InputError(_timed_out(ref.field, url_host(ref.value) or "no host", budget.seconds))
-        return [future.result() for future in futures]
+            if future.done():
+                results.append(future.result())
+                continue
+            late = InputError(_timed_out(ref.field, url_host(ref.value) or "no host", budget.seconds))
+            if not each:
+                raise late
+            results.append(late)
+        return results
     finally:
         budget.cancel()
         # Stopped downloads end at once, and their threads are joined so that none outlives the

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from core.framing import PadBox, fit_to_frame
-from core.generation import DEFAULT_RESOLUTION, RESOLUTIONS
+from core.generation import DEFAULT_RESOLUTION, RESOLUTIONS, people_per_batch
 from core.images import WHITE
 from core.vocabulary import (
     AUTO,
@@ -56,7 +57,7 @@ from worker.gpu_errors import ORT_ERRORS, GpuFailure, classify_gpu_failure, fail
 from worker.house_masks import house_mask_key, photo_digest
 from worker.images import CONTENT_TYPES, EXTENSIONS, check_aspect, decode_image, read_images
 from worker.runtime import Runtime, house_model_photos
-from worker.schema import FIELDS, TryOnRequest, parse_request
+from worker.schema import FIELDS, ImageRef, TryOnRequest, parse_request
 
 if TYPE_CHECKING:
     from ootd.classify import CategoryGuess
@@ -69,6 +70,23 @@ log = logging.getLogger(__name__)
 MAX_PAD_RATIO = 8.0
 
 ProgressSink = Callable[[dict], None]
+
+
+@dataclass
+class JobContext:
+    """What every form of job (single, outfit, catalog) runs with, past validation."""
+
+    job_id: str
+    job: Mapping[str, Any]
+    runtime: Runtime
+    settings: Settings
+    progress: ProgressSink
+    timings: dict[str, float]
+    started: float
+
+    @property
+    def s3_config(self) -> object:
+        return self.job.get("s3Config") or None
 
 # What a GPU failure's sentence calls each stage's GPU work (the mask stage: see `_gpu_part`).
 GPU_PARTS = {"classify": "category detection", "garment": "garment parsing", "diffusion": "diffusion"}
@@ -96,41 +114,54 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     started = time.perf_counter()
     runtime.configure_caches(settings)
 
-    with _stage(timings, "validate"):
+    with timed(timings, "validate"):
         photos = house_model_photos(settings.model_images_dir)
         request = validate(job.get("input"), runtime, settings, photos)
+
+    if request.garments or request.people:
+        # Imported here: these forms build on this module's stages.
+        from worker import catalog, outfit
+
+        form = outfit if request.garments else catalog
+        context = JobContext(job_id, job, runtime, settings, progress, timings, started)
+        return form.run(context, request, photos)
+
     log.info("job %s: %s", job_id, _summary(request))
 
-    with _stage(timings, "fetch"):
-        person, garment, user_mask, house_digest = _load_pictures(request, photos, settings)
+    with timed(timings, "fetch"):
+        person, (garment,), user_mask, house_digest = load_pictures(
+            request, [request.garment], photos, settings
+        )
 
     photo = person  # as it came: upright, on white, at its own size (what `composite` keeps)
     pad: PadBox | None = None
     if request.fit == "pad":
-        person, user_mask, pad = _pad(person, user_mask)
+        person, user_mask, pad = pad_to_frame(person, user_mask)
 
     outputs, mask_image, worn, request, guess = _generate(
         runtime, request, person, garment, user_mask, house_digest, progress, settings, timings
     )
-    with _stage(timings, "composite"):
-        outputs, mask_image = _output(request, photo, outputs, mask_image, pad, settings)
+    with timed(timings, "composite"):
+        outputs, mask_image = output_images(request, photo, outputs, mask_image, pad, settings)
 
-    with _stage(timings, "encode"):
+    with timed(timings, "encode"):
         pictures = [(image, request.output_format) for image in outputs]
+        extras = []
         if request.return_mask:
-            pictures.append((mask_image, "png"))
-        # A garment cut out of a person's photo is returned beside the mask: what the model saw.
-        cut_out = worn is not None and worn.photo_type == "model" and request.return_mask
-        if cut_out:
-            pictures.append((worn.image, "png"))
-        encoded = encode_images(pictures)
-        encoded_garment = encoded.pop() if cut_out else None
-        encoded_mask = encoded.pop() if request.return_mask else None
+            extras.append(("mask", mask_image))
+            # A garment cut out of a person's photo is returned beside the mask: what the model saw.
+            if worn is not None and worn.photo_type == "model":
+                extras.append(("garment", worn.image))
+        encoded = encode_images([*pictures, *((image, "png") for _, image in extras)])
 
-    with _stage(timings, "store"):
-        images, mask_entry, garment_entry, warnings = _store(
-            job_id, request, encoded, encoded_mask, encoded_garment, job.get("s3Config") or None
+    with timed(timings, "store"):
+        groups = [(group, 0) for group, _ in extras]
+        s3_config = job.get("s3Config") or None
+        images, extra_entries, warnings = store(
+            job_id, request, encoded[: len(pictures)], groups, encoded[len(pictures) :], s3_config
         )
+        named = dict(zip((group for group, _ in groups), extra_entries, strict=True))
+        mask_entry, garment_entry = named.get("mask"), named.get("garment")
 
     timings["total"] = time.perf_counter() - started
     result: dict[str, Any] = {
@@ -140,19 +171,27 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
         "category": request.category,
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
-    if guess is not None:
-        result["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
-    if worn is not None:
-        result["garment_photo_type"] = worn.photo_type
+    result.update(garment_facts(guess, worn))
     if mask_entry is not None:
         result["mask"] = mask_entry
     if garment_entry is not None:
         result["garment"] = garment_entry
     if warnings:
         result["warnings"] = warnings
-    _check_size(result, settings, warnings)
+    check_size(result, settings, warnings)
     log.info("job %s done in %.2f s: %s", job_id, timings["total"], result["timings"])
     return result
+
+
+def garment_facts(guess: CategoryGuess | None, worn: GarmentResult | None) -> dict[str, Any]:
+    """What a result says of how the garment was read: `category_scores` (category "auto") and
+    `garment_photo_type` (the one used, when the request asked for "model" or "auto")."""
+    facts: dict[str, Any] = {}
+    if guess is not None:
+        facts["category_scores"] = {category_name(name): score for name, score in guess.scores.items()}
+    if worn is not None:
+        facts["garment_photo_type"] = worn.photo_type
+    return facts
 
 
 def validate(
@@ -170,41 +209,41 @@ def validate(
     )
 
 
-def _load_pictures(
-    request: TryOnRequest, photos: list, settings: Settings
-) -> tuple[Image.Image, Image.Image, Image.Image | None, str | None]:
-    """Fetch and decode the person (or house photo), the garment and the caller's mask; the
+def load_pictures(
+    request: TryOnRequest, garment_refs: Sequence[ImageRef], photos: list, settings: Settings
+) -> tuple[Image.Image, list[Image.Image], Image.Image | None, str | None]:
+    """Fetch and decode the person (or house photo), the garments and the caller's mask; the
     last item is the house photo's content hash (None for the caller's own photo).
 
     The URLs among them are fetched at once, under one deadline for all (DOWNLOAD_TIMEOUT).
     """
-    refs = [ref for ref in (request.person, request.garment, request.mask) if ref is not None]
+    refs = [ref for ref in (request.person, *garment_refs, request.mask) if ref is not None]
     pictures = dict(zip((ref.field for ref in refs), read_images(refs, settings), strict=True))
     house_digest = None
     if request.person is not None:
-        person = _converted(pictures["person"], "person", load_rgb)
+        person = converted(pictures["person"], "person", load_rgb)
     else:
         data = photos[request.person_index].read_bytes()
         house_digest = photo_digest(data)
-        person = _house_photo(data, settings)
+        person = house_photo(data, settings)
     if request.fit == "pad":
         check_aspect(person.size, "person" if request.person is not None else "person_index", MAX_PAD_RATIO)
-    garment = _converted(pictures["garment"], "garment", load_rgb)
+    garments = [converted(pictures[ref.field], ref.field, load_rgb) for ref in garment_refs]
     user_mask = None
     if request.mask is not None:
-        user_mask = _converted(pictures["mask"], "mask", load_mask)
+        user_mask = converted(pictures["mask"], "mask", load_mask)
     if user_mask is not None and user_mask.size != person.size:
         # A mask is drawn over the person photo: bring it to the photo's frame before any padding.
         user_mask = user_mask.resize(person.size, Image.Resampling.NEAREST)
-    return person, garment, user_mask, house_digest
+    return person, garments, user_mask, house_digest
 
 
-def _house_photo(data: bytes, settings: Settings) -> Image.Image:
-    image = decode_image(data, "person_index", settings.max_input_pixels)
-    return _converted(image, "person_index", load_rgb)
+def house_photo(data: bytes, settings: Settings, field: str = "person_index") -> Image.Image:
+    image = decode_image(data, field, settings.max_input_pixels)
+    return converted(image, field, load_rgb)
 
 
-def _converted(image: Image.Image, field: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+def converted(image: Image.Image, field: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
     """`convert(image)`, with Pillow's refusals as an input error naming the field.
 
     Pillow decodes some colour modes it cannot convert (a CIELab TIFF, for one); that is the
@@ -218,7 +257,7 @@ def _converted(image: Image.Image, field: str, convert: Callable[[Image.Image], 
         ) from None
 
 
-def _output(
+def output_images(
     request: TryOnRequest,
     photo: Image.Image,
     frames: list[Image.Image],
@@ -235,7 +274,7 @@ def _output(
     return composite(photo, frames, mask, pad, size, keep_photo=request.composite)
 
 
-def _pad(
+def pad_to_frame(
     person: Image.Image, user_mask: Image.Image | None
 ) -> tuple[Image.Image, Image.Image | None, PadBox]:
     """Fit the person photo (and the caller's mask, aligned with it) into the model's frame.
@@ -264,37 +303,62 @@ def _generate(
     """Category (when "auto"), garment (when not flat), mask, then diffusion: the GPU stages,
     where CUDA can run out of memory or fail. Returns the images, the mask, the prepared garment
     (None when flat), the request with its category and model type decided, and the guess."""
-    stage = ""  # the stage running, for the sentence of a GPU failure
+
+    def work(stages: GpuStages):
+        decided, garment_image, worn, guess, embeds = garment_stages(runtime, request, garment, stages)
+        (prepared,) = prepare_people(runtime, decided, [Person(person, user_mask, house_digest)], stages)
+        with stages("diffusion"):
+            outputs = diffuse(runtime, decided, [prepared.person], garment_image, [prepared.mask], progress,
+                              settings.progress_every, embeds)  # fmt: skip
+        return outputs, prepared.mask, worn, decided, guess
+
+    return on_gpu(request, timings, work)
+
+
+@dataclass(frozen=True)
+class Person:
+    """One person to dress: the picture in the model's frame, the caller's mask over it (None:
+    computed) and the house photo's content hash (None: the caller's photo; the mask is cached)."""
+
+    image: Image.Image
+    user_mask: Image.Image | None = None
+    house_digest: str | None = None
+
+
+class GpuStages:
+    """Times the GPU stages of a job and remembers which one runs (`with stages("mask"): ...`),
+    for the sentence of a GPU failure (`on_gpu`). A part of a job with timings of its own (an
+    outfit's pass) gets `part(timings)`: its stages are timed there and still named to the job."""
+
+    def __init__(self, timings: dict[str, float], job: GpuStages | None = None) -> None:
+        self.timings = timings
+        self.job = job
+        self.current = ""
+
+    def part(self, timings: dict[str, float]) -> GpuStages:
+        return GpuStages(timings, self)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.current = name
+        if self.job is not None:
+            self.job.current = name
+        with timed(self.timings, name):
+            yield
+
+
+def on_gpu(request: TryOnRequest, timings: dict[str, float], work: Callable[[GpuStages], Any]) -> Any:
+    """`work(stages)`, the GPU stages of a job, with a GPU failure in any of them (out of memory,
+    a lost context) turned into the job's error sentence (and `refresh_worker`)."""
+    stages = GpuStages(timings)
     try:
-        worn = guess = embeds = None
-        if request.category == AUTO:
-            stage = "classify"
-            with _stage(timings, stage):
-                request, guess, embeds = _classify(runtime, request, garment)
-        if request.garment_photo_type != "flat":
-            stage = "garment"
-            with _stage(timings, stage):
-                worn = _garment(runtime, request, garment)
-            garment = worn.image
-        stage = "mask"
-        with _stage(timings, stage):
-            model_type, category = request.model_type, request.pipeline_category
-            key = None
-            if house_digest is not None and user_mask is None:
-                key = house_mask_key(house_digest, model_type, category, request.fit, request.resolution)
-            prepared = _prepare(runtime, person, model_type, category, user_mask, request.size, key)
-        stage = "diffusion"
-        with _stage(timings, stage):
-            every = settings.progress_every
-            outputs = _diffuse(
-                runtime, request, prepared.person, garment, prepared.mask, progress, every, embeds
-            )
-        return outputs, prepared.mask, worn, request, guess
+        return work(stages)
     except Exception as error:
         failure = classify_gpu_failure(error)
         if failure is None:
             raise
         detail = failure_detail(error)
+        stage = stages.current
         part = _gpu_part(stage, error)
     # Only reached after a GPU failure. Freeing happens here, outside the except block, because
     # until it ends the traceback keeps the failed run's frames and tensors alive.
@@ -313,6 +377,54 @@ def _generate(
     raise GpuFailureJobError(
         f"the GPU failed in {part} ({detail}); send the job again (this worker will be restarted)"
     )
+
+
+def garment_stages(
+    runtime: Runtime, request: TryOnRequest, garment: Image.Image, stages: GpuStages
+) -> tuple[TryOnRequest, Image.Image, GarmentResult | None, CategoryGuess | None, torch.Tensor | None]:
+    """The garment's stages: its category (when "auto"), then the garment as the model must see
+    it (when not flat). Returns the request with category and model type decided, the garment
+    picture, the prepared garment (None when flat), the guess and the CLIP embedding (both None
+    unless classified)."""
+    worn = guess = embeds = None
+    if request.category == AUTO:
+        with stages("classify"):
+            request, guess, embeds = classify_garment(runtime, request, garment)
+    if request.garment_photo_type != "flat":
+        with stages("garment"):
+            worn = _garment(runtime, request, garment)
+        garment = worn.image
+    return request, garment, worn, guess, embeds
+
+
+def prepare_people(
+    runtime: Runtime,
+    request: TryOnRequest,
+    people: Sequence[Person],
+    stages: GpuStages,
+    *,
+    each: bool = False,
+) -> list[PreprocessResult | InputError]:
+    """The mask stage for each person (pose, parsing, mask; or the cached house mask). A person
+    in whom none is found ends the job, or with `each` is that person's `InputError`."""
+    results: list[PreprocessResult | InputError] = []
+    model_type, category = request.model_type, request.pipeline_category
+    with stages("mask"):
+        for person in people:
+            key = None
+            if person.house_digest is not None and person.user_mask is None:
+                key = house_mask_key(
+                    person.house_digest, model_type, category, request.fit, request.resolution
+                )
+            try:
+                results.append(
+                    _prepare(runtime, person.image, model_type, category, person.user_mask, request.size, key)
+                )
+            except InputError as error:
+                if not each:
+                    raise
+                results.append(error)
+    return results
 
 
 def _gpu_part(stage: str, error: BaseException) -> str:
@@ -362,10 +474,10 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
         data = path.read_bytes()
         digest = photo_digest(data)
         try:
-            person = _house_photo(data, settings)
+            person = house_photo(data, settings)
             if fit == "pad":
                 check_aspect(person.size, "person_index", MAX_PAD_RATIO)
-                person, _, _ = _pad(person, None)
+                person, _, _ = pad_to_frame(person, None)
         except InputError as error:
             log.warning("house photo %s skipped: %s", path.name, error)
             continue
@@ -382,7 +494,7 @@ def precompute_house_masks(runtime: Runtime, settings: Settings) -> int:
     return computed
 
 
-def _classify(
+def classify_garment(
     runtime: Runtime, request: TryOnRequest, garment: Image.Image
 ) -> tuple[TryOnRequest, CategoryGuess, torch.Tensor]:
     """Decide category "auto" (and model type "auto") from the garment's CLIP image embedding,
@@ -413,65 +525,79 @@ def _garment(runtime: Runtime, request: TryOnRequest, garment: Image.Image) -> G
         raise InputError(f"garment_photo_type {request.garment_photo_type!r}: {error}") from None
 
 
-def _store(
+def store(
     job_id: str,
     request: TryOnRequest,
-    encoded: list[bytes],
-    encoded_mask: bytes | None,
-    encoded_garment: bytes | None,
+    encoded: Sequence[bytes],
+    groups: Sequence[tuple[str, int]],
+    extras: Sequence[bytes],
     s3_config: object,
-) -> tuple[list[dict], dict | None, dict | None, list[str]]:
-    """Upload (or inline) the images, the mask and the cut-out garment, one decision for all;
-    entries and warnings."""
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Upload (or inline) the images and the PNG `extras` (masks, cut-out garments; each at
+    `<group>/<index>`), one decision for all; their entries and the warnings."""
     extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
     files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(encoded)]
-    extras = {"mask": encoded_mask, "garment": encoded_garment}
-    for group, data in extras.items():
-        if data is not None:
-            files.append(OutputFile(data, "image/png", "png", 0, group=group))
+    files += [
+        OutputFile(data, "image/png", "png", index, group=group)
+        for (group, index), data in zip(groups, extras, strict=True)
+    ]
     stored = store_outputs(job_id, files, s3_config=s3_config)
     entries = [image.to_dict() for image in stored.images]
-    sent = [group for group, data in extras.items() if data is not None]
-    extra_entries = dict(zip(sent, entries[len(encoded) :], strict=True))
     # Bounded like errors: a warning can carry an error code sent by the job's own S3 endpoint.
     warnings = [bounded(message) for message in stored.warnings]
-    return entries[: len(encoded)], extra_entries.get("mask"), extra_entries.get("garment"), warnings
+    return entries[: len(encoded)], entries[len(encoded) :], warnings
 
 
-def _diffuse(
+def diffuse(
     runtime: Runtime,
     request: TryOnRequest,
-    person: Image.Image,
+    people: Sequence[Image.Image],
     garment: Image.Image,
-    mask: Image.Image,
+    masks: Sequence[Image.Image],
     progress: ProgressSink,
     every: int,
     garment_image_embeds: torch.Tensor | None = None,
+    *,
+    samples: int | None = None,
+    latents: torch.Tensor | None = None,
+    context: Mapping[str, int] | None = None,
 ) -> list[Image.Image]:
-    """Run the pipeline, reporting progress every `every` steps (never on the last one)."""
+    """Run the pipeline for `people` (their images person by person, `samples` each, by default
+    the request's), reporting progress every `every` steps of each batch (never on its last);
+    `context` (an outfit's pass, say) goes into every update, and a batch number when the people
+    take several batches."""
+    samples = request.samples if samples is None else samples
+    batches = math.ceil(len(people) / people_per_batch(samples))
+    calls = 0
 
     def on_step_end(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        nonlocal calls
+        calls += 1
         done = step_index + 1
         if done % every == 0 and done < request.steps:
-            progress({"stage": "diffusion", "step": done, "steps": request.steps})
+            update = {"stage": "diffusion", "step": done, "steps": request.steps, **(context or {})}
+            if batches > 1:
+                update.update(batch=(calls - 1) // request.steps + 1, batches=batches)
+            progress(update)
         return callback_kwargs
 
     width, height = request.size
     with torch.inference_mode(), _non_finite_as_job_error():
         return runtime.pipelines[request.model_type](
-            person,
+            list(people),
             garment,
-            mask,
+            list(masks),
             category=request.pipeline_category,
             num_inference_steps=request.steps,
             image_guidance_scale=request.guidance_scale,
-            num_images_per_prompt=request.samples,
+            num_images_per_prompt=samples,
             generator=request.seed,  # the pipeline seeds a CPU generator (device-independent noise)
             height=height,
             width=width,
             output_type="pil",
             callback_on_step_end=on_step_end,
             garment_image_embeds=garment_image_embeds,
+            latents=latents,
         ).images
 
 
@@ -500,7 +626,7 @@ def runpod_progress(job: Mapping[str, Any]) -> ProgressSink:
     return send
 
 
-def _check_size(result: dict, settings: Settings, warnings: list[str]) -> None:
+def check_size(result: dict, settings: Settings, warnings: list[str]) -> None:
     """Refuse a result RunPod would drop (it answers 400 and the client sees no output)."""
     size = len(json.dumps(result))
     if size <= settings.max_inline_bytes:
@@ -525,7 +651,7 @@ def _summary(request: TryOnRequest) -> str:
 
 
 @contextmanager
-def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield

@@ -7,6 +7,8 @@ caller fixes a request in one round trip. The seed Flask API's field names are a
 aliases so that its clients can move over unchanged.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import re
 import secrets
@@ -21,6 +23,8 @@ from core.generation import (
     DEFAULT_SAMPLES,
     DEFAULT_STEPS,
     GUIDANCE_RANGE,
+    MAX_GARMENTS,
+    MAX_PEOPLE,
     RESOLUTIONS,
     SAMPLES_RANGE,
     STEPS_RANGE,
@@ -30,10 +34,12 @@ from core.vocabulary import (
     CATEGORIES,
     GARMENT_PHOTO_TYPES,
     MODEL_TYPES,
+    OUTFIT_ORDERS,
     PUBLISHED_NAMES,
     Size,
     auto_model_type,
     category_name,
+    outfit_problem,
     parse_size,
     unsupported,
 )
@@ -48,11 +54,20 @@ OUTPUT_SIZES = ("input", "frame")
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_BOUND = 2**32
 
+# The fields of one item of `garments` (an outfit), with their defaults.
+GARMENT_ITEM_FIELDS: dict[str, Any] = {
+    "garment": None,
+    "category": "upper_body",
+    "garment_photo_type": "flat",
+}
+
 # Field name -> default (None: no default / optional).
 FIELDS: dict[str, Any] = {
     "person": None,
     "person_index": None,
     "garment": None,
+    "garments": None,
+    "order": "lower_first",
     "mask": None,
     "model_type": "hd",
     "category": "upper_body",
@@ -103,10 +118,28 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
-class TryOnRequest:
-    """A validated try-on job. `size` is (width, height) of the diffusion output."""
+class GarmentItem:
+    """One garment of an outfit: `category` may be "auto" (decided by the job), and so may
+    `model_type` (the first loaded model that dresses the category)."""
 
     garment: ImageRef
+    category: str
+    garment_photo_type: str
+    model_type: str
+
+
+@dataclass(frozen=True)
+class TryOnRequest:
+    """A validated try-on job. `size` is (width, height) of the diffusion output.
+
+    One of three forms: a single job (`garment` on `person` or `person_index`); an outfit
+    (`garments`: one pass per garment on that person, in `order`); a catalog (`people`: house
+    model indices or photos, each dressed in `garment`)."""
+
+    garment: ImageRef | None = None
+    garments: tuple[GarmentItem, ...] = ()
+    order: str = "lower_first"
+    people: tuple[ImageRef | int, ...] = ()
     person: ImageRef | None = None
     person_index: int | None = None
     mask: ImageRef | None = None
@@ -158,43 +191,38 @@ def parse_request(
     fields = _Fields(raw, errors)
     out: dict[str, Any] = {}
 
-    # Images: exactly one person source; the garment is required; the mask is optional.
+    # Images: exactly one person source (or a list of them: a catalog); the garment is required
+    # (or a list of them: an outfit); the mask is optional.
     has_person, has_index = fields.get("person") is not None, fields.get("person_index") is not None
     if not has_person and not has_index:
         errors.append(f"person is required ({_IMAGE_FORMS}), or give person_index")
     elif has_person and has_index:
         errors.append(f"give either person or {fields.name('person_index')}, not both")
-    if has_person:
+    elif isinstance(fields.get("person"), list) or isinstance(fields.get("person_index"), list):
+        out["people"] = _people(fields, person_count, errors)
+    elif has_person:
         out["person"] = _image_ref(fields, "person", errors)
-    if has_index:
+    else:
         out["person_index"] = _person_index(fields, person_count, errors)
-    if fields.get("garment") is None:
-        errors.append(f"garment is required ({_IMAGE_FORMS})")
+    outfit = fields.get("garments") is not None
+    if outfit:
+        _outfit_conflicts(fields, "people" in out, errors)
+    elif fields.get("garment") is None:
+        errors.append(f"garment is required ({_IMAGE_FORMS}), or give garments (an outfit)")
     else:
         out["garment"] = _image_ref(fields, "garment", errors)
     if fields.get("mask") is not None:
         out["mask"] = _image_ref(fields, "mask", errors)
+        if "people" in out:
+            errors.append("mask is drawn over one person photo: a catalog (a list of people) takes none")
 
     model_type = out["model_type"] = _choice(fields, "model_type", (*MODEL_TYPES, AUTO), errors, lower=True)
-    category = out["category"] = _category(fields, errors)
-    out["garment_photo_type"] = _choice(fields, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True)
-    if category == AUTO and fields.get("model_type") is None:
-        model_type = out["model_type"] = AUTO  # a detected category picks its model too
-    if category == AUTO and out["garment_photo_type"] not in (None, "flat"):
-        errors.append(
-            "category 'auto' needs a flat garment photo (garment_photo_type 'flat'): a person wears "
-            "several garments at once, so name the category of the one to try on"
-        )
-    if model_type == AUTO and category not in (None, AUTO):
-        model_type = out["model_type"] = auto_model_type(category, loaded_model_types)
-        if model_type is None:
-            errors.append(f"model_type 'auto': no model for category {category!r} is loaded on this worker")
-    if model_type not in (None, AUTO) and model_type not in loaded_model_types:
-        loaded = ", ".join(loaded_model_types)
-        errors.append(f"model_type {model_type!r} is not loaded on this worker (loaded: {loaded})")
-    decided = model_type not in (None, AUTO) and category not in (None, AUTO)
-    if decided and (problem := unsupported(model_type, category)):
-        errors.append(problem)
+    if outfit:
+        given = fields.get("model_type") is not None
+        out["garments"] = _garments(fields, model_type if given else AUTO, loaded_model_types, errors)
+        out["order"] = _choice(fields, "order", tuple(OUTFIT_ORDERS), errors, lower=True)
+    else:
+        _single_garment(fields, out, loaded_model_types, errors)
     out["steps"] = _integer(fields, "steps", *STEPS_RANGE, errors)
     out["samples"] = _integer(fields, "samples", *SAMPLES_RANGE, errors)
     out["seed"] = _seed(fields, errors)
@@ -211,6 +239,119 @@ def parse_request(
     return TryOnRequest(**{key: value for key, value in out.items() if value is not None})
 
 
+def _single_garment(
+    fields: _Fields, out: dict[str, Any], loaded_model_types: Sequence[str], errors: list[str]
+) -> None:
+    """`category`, `garment_photo_type` and the model type of a job with one garment, into `out`."""
+    category = out["category"] = _category(fields, errors)
+    photo_type = out["garment_photo_type"] = _choice(
+        fields, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True
+    )
+    model_type = out["model_type"]
+    if category == AUTO and fields.get("model_type") is None:
+        model_type = AUTO  # a detected category picks its model too
+    out["model_type"] = _garment_model_type(category, photo_type, model_type, loaded_model_types, "", errors)
+
+
+def _garment_model_type(
+    category: str | None,
+    photo_type: str | None,
+    model_type: str | None,
+    loaded_model_types: Sequence[str],
+    where: str,
+    errors: list[str],
+) -> str | None:
+    """The model type for a garment of `category` ("auto" where the category is), with the
+    problems of the combination; `where` prefixes them for an item of `garments`."""
+    if category == AUTO and photo_type not in (None, "flat"):
+        errors.append(
+            f"{where}category 'auto' needs a flat garment photo (garment_photo_type 'flat'): a person wears "
+            "several garments at once, so name the category of the one to try on"
+        )
+    if model_type == AUTO and category not in (None, AUTO):
+        model_type = auto_model_type(category, loaded_model_types)
+        if model_type is None:
+            loaded = "is loaded on this worker"
+            errors.append(f"{where}model_type 'auto': no model for category {category!r} {loaded}")
+    if model_type not in (None, AUTO) and model_type not in loaded_model_types:
+        loaded = ", ".join(loaded_model_types)
+        if not where:  # said once, for the request, not once per garment
+            errors.append(f"model_type {model_type!r} is not loaded on this worker (loaded: {loaded})")
+    decided = model_type not in (None, AUTO) and category not in (None, AUTO)
+    if decided and (problem := unsupported(model_type, category)):
+        errors.append(where + problem)
+    return model_type
+
+
+def _outfit_conflicts(fields: _Fields, catalog: bool, errors: list[str]) -> None:
+    """What cannot go with `garments`: the top-level garment fields, a catalog, a caller's mask."""
+    for name in ("garment", *(field for field in GARMENT_ITEM_FIELDS if field != "garment")):
+        if fields.get(name) is not None:
+            errors.append(f"{name} goes inside each item of garments (give garment or garments, not both)")
+    if catalog:
+        errors.append("garments dress one person: a catalog (a list of people) takes one garment")
+    if fields.get("mask") is not None:
+        errors.append("mask cannot be combined with garments: each pass computes its own mask")
+
+
+def _garments(
+    fields: _Fields, model_type: str | None, loaded_model_types: Sequence[str], errors: list[str]
+) -> tuple[GarmentItem, ...] | None:
+    """The items of `garments` (1 to MAX_GARMENTS), each checked like a single job's garment
+    fields, and the combination checked where the categories are known (see `outfit_problem`)."""
+    value = fields.get("garments")
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_GARMENTS:
+        errors.append(
+            f"garments must be a list of 1 to {MAX_GARMENTS} objects "
+            f"{{garment, category, garment_photo_type}}, not {describe(value)}"
+        )
+        return None
+    items: list[GarmentItem] = []
+    for position, raw in enumerate(value):
+        where = f"garments[{position}]."
+        if not isinstance(raw, Mapping):
+            errors.append(f"{where[:-1]} must be an object {{garment, category}}, not {describe(raw)}")
+            continue
+        unknown = [quote(key) for key in raw if key not in GARMENT_ITEM_FIELDS][:MAX_LISTED]
+        if unknown:
+            valid = ", ".join(GARMENT_ITEM_FIELDS)
+            errors.append(f"{where[:-1]}: unknown field(s) {', '.join(unknown)} (valid: {valid})")
+        item = _Fields({key: raw[key] for key in raw if key in GARMENT_ITEM_FIELDS}, errors, prefix=where)
+        garment = _image_ref(item, "garment", errors) if item.get("garment") is not None else None
+        if item.get("garment") is None:
+            errors.append(f"{where}garment is required ({_IMAGE_FORMS})")
+        category = _category(item, errors)
+        photo_type = _choice(item, "garment_photo_type", GARMENT_PHOTO_TYPES, errors, lower=True)
+        item_model = _garment_model_type(category, photo_type, model_type, loaded_model_types, where, errors)
+        if None not in (garment, category, photo_type, item_model):
+            items.append(GarmentItem(garment, category, photo_type, item_model))
+    decided = [item.category for item in items if item.category != AUTO]
+    if len(items) == len(value) and (problem := outfit_problem(decided)):
+        errors.append(problem)
+    return tuple(items) if len(items) == len(value) else None
+
+
+def _people(
+    fields: _Fields, person_count: int | None, errors: list[str]
+) -> tuple[ImageRef | int, ...] | None:
+    """A catalog's people: `person` or `person_index` as a list of 1 to MAX_PEOPLE entries."""
+    field = "person" if fields.get("person") is not None else "person_index"
+    name, value = fields.name(field), fields.get(field)
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PEOPLE:
+        errors.append(f"{name} lists 1 to {MAX_PEOPLE} people (a catalog), not {describe(value)}")
+        return None
+    before = len(errors)
+    entries: list[ImageRef | int | None] = []
+    for position, entry in enumerate(value):
+        label = f"{name}[{position}]"
+        one = _Fields({field: entry}, errors, names={field: label})
+        if field == "person":
+            entries.append(_image_ref(one, "person", errors))
+        else:
+            entries.append(_person_index(one, person_count, errors, base_name=name))
+    return tuple(entries) if len(errors) == before else None
+
+
 class _Fields:
     """The input's values under their new names, remembering which spelling the caller used.
 
@@ -218,9 +359,17 @@ class _Fields:
     Messages name the key the caller sent (e.g. `nSteps`), which is what they will look for.
     """
 
-    def __init__(self, raw: Mapping, errors: list[str]) -> None:
+    def __init__(
+        self, raw: Mapping, errors: list[str], *, prefix: str = "", names: Mapping[str, str] | None = None
+    ) -> None:
+        """`prefix` ("garments[1].") or `names` name the values of a list's item in messages."""
         self.values: dict[str, Any] = {}
         self.names: dict[str, str] = {}
+        if prefix or names:
+            for key, value in raw.items():
+                self.values[key] = value
+                self.names[key] = (names or {}).get(key, prefix + key)
+            return
         unknown = [key for key in raw if key not in FIELDS and key not in ALIASES]
         if unknown:
             # Only the few names shown are quoted: a request may hold a million unknown ones.
@@ -253,27 +402,27 @@ def _field_list() -> str:
 
 def _image_ref(fields: _Fields, field: str, errors: list[str]) -> ImageRef | None:
     """Classify an image field as URL, data URI or plain base64 (decoded later, before models)."""
-    value = fields.get(field)
+    value, name = fields.get(field), fields.name(field)
     if not isinstance(value, str):
-        errors.append(f"{field} must be a string ({_IMAGE_FORMS}), not {quote(value)}")
+        errors.append(f"{name} must be a string ({_IMAGE_FORMS}), not {quote(value)}")
         return None
     text = value.strip()
     if not text:
-        errors.append(f"{field} is empty")
+        errors.append(f"{name} is empty")
         return None
     scheme = _URL_SCHEME.match(text)
     if scheme and scheme.group(1).lower() == "data":
-        return ImageRef(field, "data_uri", text)
+        return ImageRef(name, "data_uri", text)
     if scheme and text[scheme.end() : scheme.end() + 2] == "//":
         if scheme.group(1).lower() not in ("http", "https"):
-            errors.append(f"{field}: {clip(scheme.group(1))}:// URLs are not allowed (use {_IMAGE_FORMS})")
+            errors.append(f"{name}: {clip(scheme.group(1))}:// URLs are not allowed (use {_IMAGE_FORMS})")
             return None
         problem = url_problem(text)
         if problem:
-            errors.append(f"{field}: not a valid URL ({problem})")
+            errors.append(f"{name}: not a valid URL ({problem})")
             return None
-        return ImageRef(field, "url", text)
-    return ImageRef(field, "base64", text)
+        return ImageRef(name, "url", text)
+    return ImageRef(name, "base64", text)
 
 
 def url_host(url: str) -> str | None:
@@ -327,10 +476,13 @@ def _is_ip_address(host: str) -> bool:
     return True
 
 
-def _person_index(fields: _Fields, person_count: int | None, errors: list[str]) -> int | None:
-    """The 0-based house model index; the seed API's `modelSelection` counts from 1."""
+def _person_index(
+    fields: _Fields, person_count: int | None, errors: list[str], *, base_name: str | None = None
+) -> int | None:
+    """The 0-based house model index; the seed API's `modelSelection` counts from 1 (`base_name`:
+    the list's name, for an entry of one)."""
     name = fields.name("person_index")
-    base = 1 if name == "modelSelection" else 0
+    base = 1 if (base_name or name) == "modelSelection" else 0
     value = fields.get("person_index")
     index = _as_int(value)
     if person_count == 0:
@@ -368,7 +520,7 @@ def _category(fields: _Fields, errors: list[str]) -> str | None:
     if name is not None:
         return name
     choices = ", ".join((*CATEGORIES, AUTO))
-    errors.append(f"category must be one of {choices} (or 0, 1, 2), not {quote(value)}")
+    errors.append(f"{fields.name('category')} must be one of {choices} (or 0, 1, 2), not {quote(value)}")
     return None
 
 
@@ -409,7 +561,7 @@ def _boolean(fields: _Fields, field: str, errors: list[str]) -> bool | None:
     if value is None:
         return FIELDS[field]
     if not isinstance(value, bool):
-        errors.append(f"{field} must be true or false, not {describe(value)}")
+        errors.append(f"{fields.name(field)} must be true or false, not {describe(value)}")
         return None
     return value
 
