@@ -8,7 +8,7 @@ errors in the role="alert" element), and fail on any console error they did not 
 purpose: a refused request still shows up in Chromium's console as a failed resource, so those
 are matched exactly against the refusals the test asked for.
 
-`UPDATE_SCREENSHOT=1 .venv/bin/python -m pytest tests/test_playground.py -k queue` rewrites the
+`UPDATE_SCREENSHOT=1 .venv/bin/python -m pytest tests/test_playground.py -k with_progress` rewrites the
 README's screenshot (docs/playground.png) from the queue test's finished page.
 """
 
@@ -26,12 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from worker_support import REPO, free_port, json_request, running_server, served_worker_env
 
 API_KEY = "page-key-8d2f61ac"
 GARMENT = REPO / "assets" / "garments" / "0_tshirt.png"
+HOUSE_MODEL = REPO / "assets" / "models" / "0_astronaut.png"
 SCREENSHOT = REPO / "docs" / "playground.png"
 JOB_TIMEOUT_MS = 300_000
 # Chromium's console line for a response with an error status (not a script error).
@@ -96,9 +97,24 @@ def queue_worker(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield f"http://127.0.0.1:{port}"
 
 
+def mirrored(source: Path, target: Path, tint: tuple[int, int, int] | None = None) -> Path:
+    """Another picture from an asset: mirrored, and tinted when asked (a second garment or house
+    model the worker cannot mistake for the first)."""
+    image = ImageOps.mirror(Image.open(source).convert("RGB"))
+    if tint:
+        image = Image.blend(image, Image.new("RGB", image.size, tint), 0.5)
+    image.save(target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def lb_worker(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port, server = start_worker(tiny_root, tmp_path_factory.mktemp("page") / "lb.log", True)
+    """The load-balancing worker, with two house models (a catalog needs several)."""
+    folder = tmp_path_factory.mktemp("house-models")
+    shutil.copy(HOUSE_MODEL, folder / HOUSE_MODEL.name)
+    mirrored(HOUSE_MODEL, folder / "1_mirrored.png")
+    port, server = start_worker(tiny_root, tmp_path_factory.mktemp("page") / "lb.log", True,
+                                MODEL_IMAGES_DIR=str(folder))  # fmt: skip
     with server:
         yield f"http://127.0.0.1:{port}"
 
@@ -200,7 +216,7 @@ def test_load_balancing_endpoint_page_runs_a_job_and_shows_a_refusal(lb_worker: 
     page.goto(f"{lb_worker}/")
     expect(page.locator("#endpoint")).to_have_text("load-balancing endpoint: POST /tryon")
     expect(page.locator("#key-box")).to_be_hidden()  # no LOCAL_API_KEY on this worker
-    expect(page.locator(".thumb img")).to_have_attribute("src", re.compile("^blob:"))
+    expect(page.locator(".thumb img").first).to_have_attribute("src", re.compile("^blob:"))
     choose_a_small_job(page)
     page.locator('select[name="output_format"]').select_option("jpeg")
     page.locator('#tryon button[type="submit"]').click()
@@ -242,3 +258,100 @@ def test_page_routes_are_read_only_and_honour_the_key(queue_worker: str) -> None
             assert data == (REPO / "assets" / "models" / "0_astronaut.png").read_bytes()
         else:
             assert max(Image.open(io.BytesIO(data)).size) <= 320
+
+
+def test_queue_endpoint_page_dresses_an_outfit_in_two_passes(
+    queue_worker: str, page: Page, tmp_path: Path
+) -> None:
+    console = Console(page)
+    runs = []
+    page.on("request", lambda r: runs.append(r) if r.method == "POST" and r.url.endswith("/run") else None)
+    page.goto(f"{queue_worker}/")
+    page.locator("#api-key").fill(API_KEY)
+    page.locator("#api-key").press("Tab")
+    choose_a_small_job(page)
+    page.locator('input[name="seed"]').fill("77")
+    page.locator('input[name="return_mask"]').check()
+    expect(page.locator("#second-garment")).to_be_hidden()
+    page.get_by_role("button", name=re.compile("Add a second garment")).click()
+    trousers = mirrored(GARMENT, tmp_path / "trousers.png", tint=(40, 60, 160))
+    page.locator('input[type="file"][name="garments.1.garment"]').set_input_files(trousers)
+    expect(page.locator('[data-image="garments.1.garment"] .preview')).to_be_visible()
+    expect(page.locator('select[name="garments.1.category"]')).to_have_value("lower_body")
+
+    # Two upper-body garments make no outfit: the worker's sentence lands beside the second
+    # garment's category.
+    page.locator('select[name="garments.1.category"]').select_option("upper_body")
+    page.locator('#tryon button[type="submit"]').click()
+    several = "garments: an outfit takes at most one garment per category, not several upper_body"
+    expect(page.get_by_role("alert")).to_have_text(f"invalid input: {several}", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator('[data-error-for="garments.1.category"]')).to_have_text(several)
+
+    page.locator('select[name="garments.1.category"]').select_option("lower_body")
+    page.locator('#tryon button[type="submit"]').click()
+    results = page.locator("#results img")
+    expect(results).to_have_count(3, timeout=JOB_TIMEOUT_MS)  # the outfit and each pass's mask
+    for index in range(3):
+        assert results.nth(index).evaluate("image => image.complete && image.naturalWidth") > 0
+    outfit = "seed 77 · outfit: lower body (dc), then upper body (hd)"
+    expect(page.locator("#summary")).to_contain_text(outfit)
+    expect(page.locator("#log")).to_contain_text("diffusion (pass 2 of 2): step 1 of 2")
+    captions = page.locator("#results figcaption").all_text_contents()
+    assert [caption.split(" · ")[0] for caption in captions] == [
+        "Result 1", "Pass 1 (lower body): mask", "Pass 2 (upper body): mask"
+    ]  # fmt: skip
+    # The request is an outfit: the first garment's fields moved into item 0, no model type
+    # (each garment gets the one its category needs), the default order left out.
+    refused, job = sent_jobs(runs)
+    assert [item["category"] for item in refused["garments"]] == ["upper_body", "upper_body"]
+    assert set(job) == {"person_index", "garments", "steps", "resolution", "seed", "return_mask"}
+    first, second = job["garments"]
+    assert set(first) == set(second) == {"garment", "category"}
+    assert (first["category"], second["category"]) == ("upper_body", "lower_body")
+    assert first["garment"] != second["garment"] and second["garment"].startswith("data:image/png;base64,")
+
+    # Taken away again, the second garment leaves a single job.
+    page.get_by_role("button", name="Remove the second garment").click()
+    shown = json.loads(page.locator("#request").text_content().split("\n", 1)[1])["input"]
+    assert "garments" not in shown and shown["garment"].startswith("data:image/png")
+    console.check()
+
+
+def test_load_balancing_endpoint_page_runs_a_catalog(lb_worker: str, page: Page) -> None:
+    console = Console(page)
+    tryons = []
+    page.on("request", lambda r: tryons.append(r) if r.method == "POST" else None)
+    page.goto(f"{lb_worker}/")
+    expect(page.get_by_role("radio")).to_have_count(2)
+    page.get_by_label("Several house models").check()
+    expect(page.get_by_role("radio")).to_have_count(0)
+    expect(page.get_by_role("checkbox", name=re.compile("House model 0"))).to_be_checked()
+    page.get_by_role("checkbox", name=re.compile("House model 1")).check()
+    page.locator('input[type="file"][name="garment"]').set_input_files(GARMENT)
+    page.locator('input[name="steps"]').fill("2")
+    page.locator('select[name="resolution"]').select_option("256x192")
+    page.locator('input[name="return_mask"]').check()
+    page.locator('#tryon button[type="submit"]').click()
+
+    people = page.locator("#results .person")
+    expect(people).to_have_count(2, timeout=JOB_TIMEOUT_MS)
+    for index in range(2):
+        expect(people.nth(index).locator("h3")).to_have_text(f"House model {index}")
+        images = people.nth(index).locator("img")
+        expect(images).to_have_count(2)  # the try-on and that person's mask
+        assert images.first.evaluate("image => image.complete && image.naturalWidth") > 0
+        # Each result is compared with its own person's photo.
+        assert people.nth(index).locator(".compare.with-before").evaluate(
+            "frame => frame.style.backgroundImage"
+        ).startswith('url("blob:')
+    expect(page.locator("#summary")).to_contain_text("2 of 2 people dressed")
+    (job,) = sent_jobs(tryons)
+    assert job["person_index"] == [0, 1]
+
+    # Back to one house model: radios again, the first of the picked ones kept.
+    page.get_by_label("Several house models").uncheck()
+    expect(page.get_by_role("radio", name=re.compile("House model 0"))).to_be_checked()
+    expect(page.get_by_role("radio", name=re.compile("House model 1"))).not_to_be_checked()
+    shown = json.loads(page.locator("#request").text_content().split("\n", 1)[1])["input"]
+    assert shown["person_index"] == 0
+    console.check()

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps
 
-from core.vocabulary import AUTO, CATEGORIES, GARMENT_PHOTO_TYPES
+from core.vocabulary import AUTO, CATEGORIES, GARMENT_PHOTO_TYPES, OUTFIT_ORDERS
 from worker.config import Settings
 from worker.httpapi import ApiError, key_check
 from worker.runtime import house_model_photos
@@ -68,6 +68,7 @@ def field_options(settings: Settings) -> dict[str, Any]:
             "output_format": list(OUTPUT_FORMATS),
             "fit": list(FITS),
             "garment_photo_type": list(GARMENT_PHOTO_TYPES),
+            "order": list(OUTFIT_ORDERS),
         },
         "ranges": {
             "steps": list(STEPS_RANGE),

@@ -6,6 +6,10 @@
 // value the page was written with. So a field the API learns later (output_size, composite) is
 // sent only once someone changes it, and adding a field is adding a control.
 //
+// Two job forms build a list: an outfit (a second garment, its controls named by their path in
+// the request, `garments.1.garment`; the top-level garment fields become item 0) and a catalog
+// (house models picked as checkboxes: `person_index` becomes a list).
+//
 // Jobs go through the routes a client uses: on the local queue endpoint POST .../run, then
 // .../stream (progress updates, each once) until the job ends, then .../status; on a
 // load-balancing endpoint one POST /tryon, which answers when the job is done.
@@ -22,7 +26,15 @@ const STATES = {
   CANCELLED: "Cancelled",
   TIMED_OUT: "Timed out",
 };
-const LABELS = { auto: "auto (detect)", hd: "HD (upper body)", dc: "DC (upper, lower, dress)" };
+const LABELS = {
+  auto: "auto (detect)",
+  hd: "HD (upper body)",
+  dc: "DC (upper, lower, dress)",
+  lower_first: "lower body first",
+  upper_first: "upper body first",
+};
+// The fields of an outfit's item, as the top-level controls name them for item 0.
+const ITEM_FIELDS = ["garment", "category", "garment_photo_type"];
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
@@ -62,6 +74,9 @@ async function init() {
   $("#cancel").addEventListener("click", onCancel);
   $("#results").addEventListener("input", onSlider);
   $("#summary").addEventListener("click", onUseSeed);
+  $("#add-garment").addEventListener("click", () => showSecondGarment(true));
+  $("#remove-garment").addEventListener("click", () => showSecondGarment(false));
+  $("#catalog").addEventListener("change", onCatalogMode);
   for (const button of $$("[data-clear]")) {
     button.addEventListener("click", () => clearImage(button.dataset.clear));
   }
@@ -104,10 +119,15 @@ function isImageField(name) {
   return Boolean($(`[data-image="${name}"]`, form));
 }
 
+// The field a path ends in: `garments.1.category` -> `category`.
+function leaf(name) {
+  return name.split(".").pop();
+}
+
 function fillChoices() {
   const choices = state.config.fields.choices;
   for (const select of $$("select[name]", form)) {
-    const values = choices[select.name];
+    const values = choices[select.name] || choices[leaf(select.name)];
     if (!values) continue; // a field the schema does not list: the page's own options
     select.replaceChildren(...values.map((value) => new Option(LABELS[value] || value.replaceAll("_", " "), value)));
   }
@@ -125,7 +145,8 @@ function setDefaults() {
       control.min = String(range[0]);
       control.max = String(range[1]);
     }
-    if (name in defaults) writeControl(control, defaults[name]);
+    if (control.dataset.default !== undefined) writeControl(control, control.dataset.default);
+    else if (name in defaults) writeControl(control, defaults[name]);
     const value = readField(name);
     if (value !== undefined) state.defaults.set(name, value);
   }
@@ -150,6 +171,10 @@ function readField(name) {
     const checked = controls.find((radio) => radio.checked);
     return checked ? Number(checked.value) : undefined;
   }
+  if (control.dataset.list !== undefined) { // checkboxes that pick several: a list, or one value
+    const values = controls.filter((box) => box.checked).map((box) => Number(box.value));
+    return values.length > 1 ? values : values[0];
+  }
   if (control.type === "checkbox") return control.checked;
   if (control.type === "number") return number(control.value);
   return control.value === "" ? undefined : control.value;
@@ -168,16 +193,42 @@ function same(a, b) {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-// The job's input: every field that is set and differs from its default.
+// The job's input: every field that is set and differs from its default; with a second
+// garment, the garments as an outfit's list.
 function collect() {
   const input = {};
   for (const name of fieldNames()) {
+    if (name.startsWith("garments.")) continue;
     const value = readField(name);
     if (value === undefined) continue;
     if (state.defaults.has(name) && same(value, state.defaults.get(name))) continue;
     input[name] = value;
   }
+  const second = outfitShown() ? readField("garments.1.garment") : undefined;
+  if (second === undefined) {
+    delete input.order; // an outfit's field
+    return input;
+  }
+  // Each item names its garment and category; the garment photo type when it was changed (the
+  // page's one setting applies to both garments).
+  const first = { garment: readField("garment"), category: readField("category") };
+  const other = { garment: second, category: readField("garments.1.category") };
+  if ("garment_photo_type" in input) first.garment_photo_type = other.garment_photo_type = input.garment_photo_type;
+  for (const name of ITEM_FIELDS) delete input[name];
+  input.garments = [first, other];
   return input;
+}
+
+function outfitShown() {
+  return !$("#second-garment").hidden;
+}
+
+function showSecondGarment(shown) {
+  $("#second-garment").hidden = !shown;
+  $("#add-garment").hidden = shown;
+  if (!shown) clearImage("garments.1.garment");
+  else $("#second-garment .drop").focus();
+  showRequest();
 }
 
 function showRequest() {
@@ -277,6 +328,22 @@ function preview(name, url) {
   else image.removeAttribute("src");
 }
 
+// Radios pick one house model; in catalog mode checkboxes pick several.
+function houseInputType() {
+  return $("#catalog").checked ? "checkbox" : "radio";
+}
+
+function onCatalogMode() {
+  const inputs = $$('input[name="person_index"]', form);
+  const first = inputs.find((input) => input.checked);
+  // Unchecked before their type changes: a checked box turned radio would uncheck the group's others.
+  for (const input of inputs) input.checked = false;
+  for (const input of inputs) input.type = houseInputType();
+  if (first) first.checked = true;
+  $("#house-models").setAttribute("role", houseInputType() === "radio" ? "radiogroup" : "group");
+  showRequest();
+}
+
 function uncheckHouseModels() {
   for (const radio of $$('input[name="person_index"]', form)) radio.checked = false;
 }
@@ -309,7 +376,8 @@ async function loadHouseModels() {
     const label = document.createElement("label");
     label.className = "thumb";
     const radio = document.createElement("input");
-    radio.type = "radio";
+    radio.type = houseInputType();
+    radio.dataset.list = "";
     radio.name = "person_index";
     radio.value = String(model.index);
     radio.checked = model.index === 0 && !readField("person");
@@ -327,19 +395,23 @@ async function loadHouseModels() {
   }
 }
 
-// The photo the results are compared with: the house model, the caller's file or URL.
-async function beforeImage(input) {
-  if (input.person_index !== undefined) {
-    const index = input.person_index;
-    if (!state.houseImages.has(index)) {
-      try {
-        state.houseImages.set(index, await fetchBlobUrl(`${state.config.house_models}/${index}/image`));
-      } catch {
-        return null;
-      }
+// A house model's full photo (object URL), fetched once; null when it cannot be had.
+async function houseImage(index) {
+  if (!state.houseImages.has(index)) {
+    try {
+      state.houseImages.set(index, await fetchBlobUrl(`${state.config.house_models}/${index}/image`));
+    } catch {
+      return null;
     }
-    return state.houseImages.get(index);
   }
+  return state.houseImages.get(index);
+}
+
+// The photo the results are compared with: the house model, the caller's file or URL (a
+// catalog's results each have their own, found when they are shown).
+async function beforeImage(input) {
+  if (Array.isArray(input.person_index)) return null;
+  if (input.person_index !== undefined) return houseImage(input.person_index);
   if (state.images.person) return state.images.person.url;
   return /^(https?:\/\/|data:image\/)/i.test(input.person || "") ? input.person : null;
 }
@@ -408,7 +480,7 @@ async function runOnQueue(input, before) {
   const final = await call(`${routes.status}/${id}`);
   const view = final.body;
   setStatus(STATES[view.status] || view.status);
-  if (view.status === "COMPLETED") render(view.output, before, view.executionTime);
+  if (view.status === "COMPLETED") await render(view.output, before, view.executionTime);
   else if (view.error) showError(errorSentence(view.error));
 }
 
@@ -424,7 +496,7 @@ async function runOnLoadBalancer(input, before) {
   });
   if (answer.status === 200) {
     setStatus("Done");
-    render(answer.body, before, null);
+    await render(answer.body, before, null);
     return;
   }
   setStatus("Failed");
@@ -489,12 +561,16 @@ function setStatus(text) {
 
 function showProgress(update) {
   const { stage, step, steps } = update;
+  // An outfit's update names its pass, a catalog's its batch of people.
+  let where = "";
+  if (update.passes) where = ` (pass ${update.pass} of ${update.passes})`;
+  else if (update.batches) where = ` (batch ${update.batch} of ${update.batches})`;
   if (step !== undefined && steps) {
     $("#progress-bar").max = steps;
     $("#progress-bar").value = step;
-    setStatus(`${stage}: step ${step} of ${steps}`);
+    setStatus(`${stage}${where}: step ${step} of ${steps}`);
   } else {
-    setStatus(String(stage));
+    setStatus(`${stage}${where}`);
   }
 }
 
@@ -508,11 +584,22 @@ function extension(entry) {
   return ({ "image/jpeg": "jpg", "image/webp": "webp" })[entry.content_type] || "png";
 }
 
-function render(output, before, executionTime) {
+function words(name) {
+  return String(name).replaceAll("_", " ");
+}
+
+// The results of a single job, an outfit (`passes`) or a catalog (`results`, one per person).
+async function render(output, before, executionTime) {
   // A finished job fills the bar (the worker reports no update on the last step).
   $("#progress-bar").value = $("#progress-bar").max;
   const summary = $("#summary");
-  const parts = [`seed ${output.seed}`, `${output.model_type} · ${String(output.category).replaceAll("_", " ")}`];
+  const parts = [`seed ${output.seed}`];
+  if (output.passes) {
+    parts.push(`outfit: ${output.passes.map((done) => `${words(done.category)} (${done.model_type})`).join(", then ")}`);
+  } else {
+    parts.push(`${output.model_type} · ${words(output.category)}`);
+  }
+  if (output.results) parts.push(`${output.succeeded} of ${output.results.length} people dressed`);
   if (executionTime) parts.push(`${(executionTime / 1000).toFixed(1)} s`);
   else if (output.timings?.total) parts.push(`${output.timings.total.toFixed(1)} s`);
   const text = document.createElement("span");
@@ -526,17 +613,52 @@ function render(output, before, executionTime) {
   summary.replaceChildren(text, reuse);
   if (output.category_scores) {
     const scores = Object.entries(output.category_scores)
-      .map(([name, score]) => `${name.replaceAll("_", " ")} ${(score * 100).toFixed(0)} %`).join(", ");
+      .map(([name, score]) => `${words(name)} ${(score * 100).toFixed(0)} %`).join(", ");
     summary.append(paragraph(`category found: ${scores}`));
   }
   for (const warning of output.warnings || []) summary.append(paragraph(warning, "warning"));
 
   const results = $("#results");
-  output.images.forEach((entry, index) => {
-    results.append(figure(entry, `Result ${index + 1}`, `tryon-seed${output.seed}-${index + 1}`, before));
-  });
-  if (output.mask) results.append(figure(output.mask, "Mask", `mask-seed${output.seed}`, null));
+  const name = `tryon-seed${output.seed}`;
+  if (output.results) {
+    for (const [position, entry] of output.results.entries()) {
+      results.append(await personResults(entry, position, name));
+    }
+  } else {
+    output.images.forEach((entry, index) => {
+      results.append(figure(entry, `Result ${index + 1}`, `${name}-${index + 1}`, before));
+    });
+    if (output.mask) results.append(figure(output.mask, "Mask", `mask-seed${output.seed}`, null));
+  }
+  for (const [number, done] of (output.passes || []).entries()) {
+    const pass = `Pass ${number + 1} (${words(done.category)})`;
+    for (const [index, mask] of (done.masks || []).entries()) {
+      const which = done.masks.length > 1 ? ` ${index + 1}` : "";
+      results.append(figure(mask, `${pass}: mask${which}`, `mask-seed${output.seed}-pass${number + 1}${which ? `-${index + 1}` : ""}`, null));
+    }
+    if (done.garment) results.append(figure(done.garment, `${pass}: garment as the model saw it`, `garment-pass${number + 1}`, null));
+  }
   if (output.garment) results.append(figure(output.garment, "Garment as the model saw it", "garment", null));
+}
+
+// One person of a catalog: their images over their own photo, or the sentence that failed them.
+async function personResults(entry, position, name) {
+  const box = document.createElement("section");
+  box.className = "person";
+  const who = entry.person_index !== undefined ? `House model ${entry.person_index}` : `Person ${entry.person + 1}`;
+  const heading = document.createElement("h3");
+  heading.textContent = who;
+  box.append(heading);
+  if (entry.error) {
+    box.append(paragraph(entry.error, "warning"));
+    return box;
+  }
+  const before = entry.person_index !== undefined ? await houseImage(entry.person_index) : null;
+  entry.images.forEach((image, index) => {
+    box.append(figure(image, `${who}: result ${index + 1}`, `${name}-person${position + 1}-${index + 1}`, before));
+  });
+  if (entry.mask) box.append(figure(entry.mask, `${who}: mask`, `mask-person${position + 1}`, null));
+  return box;
 }
 
 function figure(entry, caption, filename, before) {
@@ -626,6 +748,17 @@ function fieldProblems(message) {
 
 function namedField(problem, names, listed) {
   if (/API key/.test(problem)) return "api-key";
+  // An outfit's item: item 0 is the top-level controls, item 1 the second garment's (or the
+  // top-level control of a field the item has none of, such as its model type); a problem of the
+  // combination goes beside the second garment's category.
+  const item = problem.match(/^garments(?:\[(\d+)\]\.?([a-z_]*))?/);
+  if (item) {
+    const [, index, field] = item;
+    if (index === undefined) return names.has("garments.1.category") ? "garments.1.category" : null;
+    const target = field || "garment";
+    if (index !== "0" && names.has(`garments.${index}.${target}`)) return `garments.${index}.${target}`;
+    return names.has(target) ? target : null;
+  }
   const first = problem.match(/^([a-z_]+)\b/);
   if (first && names.has(first[1])) return first[1];
   if (!listed) return null;
