@@ -33,7 +33,6 @@ from PIL import Image
 
 from core.framing import PadBox
 from preprocess.images import load_rgb
-from worker.encoding import encode_images
 from worker.errors import InputError, JobError, join_capped
 from worker.house_masks import photo_digest
 from worker.images import check_aspect, read_images
@@ -43,7 +42,9 @@ from worker.job import (
     Person,
     check_size,
     converted,
+    cut_out_garment,
     diffuse,
+    encode_and_store,
     garment_facts,
     garment_stages,
     house_photo,
@@ -51,7 +52,6 @@ from worker.job import (
     output_images,
     pad_to_frame,
     prepare_people,
-    store,
     timed,
 )
 from worker.schema import ImageRef, TryOnRequest
@@ -102,32 +102,21 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
         )
 
     with timed(timings, "composite"):
-        pictures: list[tuple[Image.Image, str]] = []
-        extras: list[tuple[str, Image.Image]] = []
+        pictures: list[Image.Image] = []
+        extras: list[tuple[str, int, Image.Image]] = []
         for sitter in served:
             images, mask = output_images(
                 request, sitter.photo, sitter.frames, sitter.mask, sitter.pad, settings
             )
-            pictures += [(image, request.output_format) for image in images]
+            pictures += images
             if request.return_mask:
-                extras.append((f"person{sitter.position}-mask", mask))
-        if request.return_mask and worn is not None and worn.photo_type == "model":
-            extras.append(("garment", worn.image))
+                extras.append((f"person{sitter.position}-mask", 0, mask))
+        if request.return_mask and (cut_out := cut_out_garment(worn)) is not None:
+            extras.append(("garment", 0, cut_out))
 
-    with timed(timings, "encode"):
-        encoded = encode_images([*pictures, *((image, "png") for _, image in extras)])
-
-    with timed(timings, "store"):
-        groups = [(group, 0) for group, _ in extras]
-        entries, extra_entries, warnings = store(
-            context.job_id,
-            decided,
-            encoded[: len(pictures)],
-            groups,
-            encoded[len(pictures) :],
-            context.s3_config,
-        )
-    named = dict(zip((group for group, _ in groups), extra_entries, strict=True))
+    entries, named, warnings = encode_and_store(
+        context.job_id, decided, pictures, extras, context.s3_config, timings
+    )
 
     timings["total"] = time.perf_counter() - context.started
     results = []
@@ -137,8 +126,8 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
             continue
         taken, entries = entries[: request.samples], entries[request.samples :]
         one: dict[str, Any] = {**sitter.label, "images": taken, "seed": request.seed}
-        if f"person{sitter.position}-mask" in named:
-            one["mask"] = named[f"person{sitter.position}-mask"]
+        if (f"person{sitter.position}-mask", 0) in named:
+            one["mask"] = named[(f"person{sitter.position}-mask", 0)]
         results.append(one)
     result: dict[str, Any] = {
         "results": results,
@@ -149,8 +138,8 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
     result.update(garment_facts(guess, worn))
-    if "garment" in named:
-        result["garment"] = named["garment"]
+    if ("garment", 0) in named:
+        result["garment"] = named[("garment", 0)]
     if warnings:
         result["warnings"] = warnings
     check_size(result, settings, warnings)

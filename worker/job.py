@@ -144,24 +144,14 @@ def run(job: Mapping[str, Any], runtime: Runtime, settings: Settings, progress: 
     with timed(timings, "composite"):
         outputs, mask_image = output_images(request, photo, outputs, mask_image, pad, settings)
 
-    with timed(timings, "encode"):
-        pictures = [(image, request.output_format) for image in outputs]
-        extras = []
-        if request.return_mask:
-            extras.append(("mask", mask_image))
-            # A garment cut out of a person's photo is returned beside the mask: what the model saw.
-            if worn is not None and worn.photo_type == "model":
-                extras.append(("garment", worn.image))
-        encoded = encode_images([*pictures, *((image, "png") for _, image in extras)])
-
-    with timed(timings, "store"):
-        groups = [(group, 0) for group, _ in extras]
-        s3_config = job.get("s3Config") or None
-        images, extra_entries, warnings = store(
-            job_id, request, encoded[: len(pictures)], groups, encoded[len(pictures) :], s3_config
-        )
-        named = dict(zip((group for group, _ in groups), extra_entries, strict=True))
-        mask_entry, garment_entry = named.get("mask"), named.get("garment")
+    extras = []
+    if request.return_mask:
+        extras.append(("mask", 0, mask_image))
+        if (cut_out := cut_out_garment(worn)) is not None:
+            extras.append(("garment", 0, cut_out))
+    s3_config = job.get("s3Config") or None
+    images, named, warnings = encode_and_store(job_id, request, outputs, extras, s3_config, timings)
+    mask_entry, garment_entry = named.get(("mask", 0)), named.get(("garment", 0))
 
     timings["total"] = time.perf_counter() - started
     result: dict[str, Any] = {
@@ -525,27 +515,43 @@ def _garment(runtime: Runtime, request: TryOnRequest, garment: Image.Image) -> G
         raise InputError(f"garment_photo_type {request.garment_photo_type!r}: {error}") from None
 
 
-def store(
+def cut_out_garment(worn: GarmentResult | None) -> Image.Image | None:
+    """The garment as cut out of a person's photo, returned beside the mask (what the model saw);
+    None for a flat garment photo."""
+    return worn.image if worn is not None and worn.photo_type == "model" else None
+
+
+def encode_and_store(
     job_id: str,
     request: TryOnRequest,
-    encoded: Sequence[bytes],
-    groups: Sequence[tuple[str, int]],
-    extras: Sequence[bytes],
+    images: Sequence[Image.Image],
+    extras: Sequence[tuple[str, int, Image.Image]],
     s3_config: object,
-) -> tuple[list[dict], list[dict], list[str]]:
-    """Upload (or inline) the images and the PNG `extras` (masks, cut-out garments; each at
-    `<group>/<index>`), one decision for all; their entries and the warnings."""
-    extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
-    files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(encoded)]
-    files += [
-        OutputFile(data, "image/png", "png", index, group=group)
-        for (group, index), data in zip(groups, extras, strict=True)
-    ]
-    stored = store_outputs(job_id, files, s3_config=s3_config)
+    timings: dict[str, float],
+) -> tuple[list[dict], dict[tuple[str, int], dict], list[str]]:
+    """Encode the images (in the request's format) and the PNG `extras` (masks, cut-out garments,
+    each `(group, index, picture)`, stored at `<group>/<index>`) in the worker's threads, then
+    upload (or inline) them all with one decision. Returns the images' entries, the extras'
+    entries by `(group, index)` in their order, and the warnings."""
+    with timed(timings, "encode"):
+        encoded = encode_images([
+            *((image, request.output_format) for image in images),
+            *((picture, "png") for _, _, picture in extras),
+        ])  # fmt: skip
+    with timed(timings, "store"):
+        extension, content_type = EXTENSIONS[request.output_format], CONTENT_TYPES[request.output_format]
+        pictures, pngs = encoded[: len(images)], encoded[len(images) :]
+        files = [OutputFile(data, content_type, extension, index) for index, data in enumerate(pictures)]
+        files += [
+            OutputFile(data, "image/png", "png", index, group=group)
+            for (group, index, _), data in zip(extras, pngs, strict=True)
+        ]
+        stored = store_outputs(job_id, files, s3_config=s3_config)
     entries = [image.to_dict() for image in stored.images]
+    groups = [(group, index) for group, index, _ in extras]
     # Bounded like errors: a warning can carry an error code sent by the job's own S3 endpoint.
     warnings = [bounded(message) for message in stored.warnings]
-    return entries[: len(encoded)], entries[len(encoded) :], warnings
+    return entries[: len(images)], dict(zip(groups, entries[len(images) :], strict=True)), warnings
 
 
 def diffuse(

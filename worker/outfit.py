@@ -36,7 +36,6 @@ from PIL import Image
 
 from core.framing import PadBox
 from core.vocabulary import AUTO, outfit_passes, outfit_problem
-from worker.encoding import encode_images
 from worker.errors import InputError
 from worker.job import (
     GpuStages,
@@ -44,7 +43,9 @@ from worker.job import (
     Person,
     check_size,
     classify_garment,
+    cut_out_garment,
     diffuse,
+    encode_and_store,
     garment_facts,
     garment_stages,
     load_pictures,
@@ -52,7 +53,6 @@ from worker.job import (
     output_images,
     pad_to_frame,
     prepare_people,
-    store,
     timed,
 )
 from worker.schema import TryOnRequest
@@ -101,24 +101,18 @@ def run(context: JobContext, request: TryOnRequest, photos: list[Path]) -> dict:
     if request.return_mask:
         for number, done in enumerate(passes, start=1):
             extras += [(f"pass{number}-mask", k, mask) for k, mask in enumerate(done.masks)]
-            if done.worn is not None and done.worn.photo_type == "model":
-                extras.append((f"pass{number}-garment", 0, done.worn.image))
-    with timed(timings, "encode"):
-        pictures = [(image, request.output_format) for image in images]
-        encoded = encode_images([*pictures, *((picture, "png") for _, _, picture in extras)])
-
-    with timed(timings, "store"):
-        groups = [(group, index) for group, index, _ in extras]
-        entries, extra_entries, warnings = store(
-            context.job_id, request, encoded[: len(images)], groups, encoded[len(images) :], context.s3_config
-        )
+            if (cut_out := cut_out_garment(done.worn)) is not None:
+                extras.append((f"pass{number}-garment", 0, cut_out))
+    entries, named, warnings = encode_and_store(
+        context.job_id, request, images, extras, context.s3_config, timings
+    )
 
     timings["total"] = time.perf_counter() - context.started
     result: dict[str, Any] = {
         "images": entries,
         "seed": request.seed,
         "order": request.order,
-        "passes": [_pass_entry(done, groups, extra_entries, number) for number, done in enumerate(passes, 1)],
+        "passes": [_pass_entry(done, named, number) for number, done in enumerate(passes, 1)],
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
     if warnings:
@@ -193,7 +187,7 @@ def _framed(picture: Image.Image, fit: str) -> tuple[Image.Image, None, PadBox |
     return pad_to_frame(picture, None) if fit == "pad" else (picture, None, None)
 
 
-def _pass_entry(done: Pass, groups: list[tuple[str, int]], entries: list[dict], number: int) -> dict:
+def _pass_entry(done: Pass, named: dict[tuple[str, int], dict], number: int) -> dict:
     """What the result says about one pass: its garment's category and model, its timings and,
     with `return_mask`, its masks (one per sample after the first pass) and cut-out garment."""
     entry: dict[str, Any] = {
@@ -202,12 +196,11 @@ def _pass_entry(done: Pass, groups: list[tuple[str, int]], entries: list[dict], 
         "timings": {name: round(seconds, 3) for name, seconds in (done.timings or {}).items()},
     }
     entry.update(garment_facts(done.guess, done.worn))
-    mine = [entries[i] for i, (group, _) in enumerate(groups) if group == f"pass{number}-mask"]
-    if mine:
-        entry["masks"] = mine
-    garment = [entries[i] for i, (group, _) in enumerate(groups) if group == f"pass{number}-garment"]
-    if garment:
-        entry["garment"] = garment[0]
+    masks = [stored for (group, _), stored in named.items() if group == f"pass{number}-mask"]
+    if masks:
+        entry["masks"] = masks
+    if (f"pass{number}-garment", 0) in named:
+        entry["garment"] = named[(f"pass{number}-garment", 0)]
     return entry
 
 
