@@ -178,9 +178,9 @@ def test_the_bytes_do_not_depend_on_the_number_of_threads(monkeypatch) -> None:
     source, generated, mask = synthetic((1200, 1600))
     results = []
     for threads in (1, 7):
-        monkeypatch.setattr(compositing, "_pool", ThreadPoolExecutor(max_workers=threads))
+        monkeypatch.setattr(compositing._executor, "pool", ThreadPoolExecutor(max_workers=threads))
         (image,), _ = composite(source, [generated], mask, None, (1200, 1600))
-        compositing._pool.shutdown()
+        compositing._executor.pool.shutdown()
         results.append(image.tobytes())
     assert results[0] == results[1]
 

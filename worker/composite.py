@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -43,7 +41,7 @@ from PIL import Image
 
 from core.framing import Box, PadBox, rounded
 from core.vocabulary import Size
-from worker.threads import container_cpus
+from worker.threads import LazyPool
 
 FEATHER = 0.02
 """Width of the blend band, as a fraction of the output's shorter side."""
@@ -66,17 +64,7 @@ Task = Callable[[], None]
 PixelBox = tuple[int, int, int, int]
 """left, top, right, bottom in whole pixels."""
 
-_pool: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    """One pool per process, made on first use and kept: a job must not pay for starting threads."""
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=container_cpus(), thread_name_prefix="composite")
-        return _pool
+_executor = LazyPool("composite")
 
 
 def capped_size(size: tuple[int, int], max_pixels: int) -> Size:

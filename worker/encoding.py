@@ -13,13 +13,11 @@ sized from the CPUs the container may use, not the host's cores: on a 128-core h
 """
 
 import io
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from worker.threads import container_cpus
+from worker.threads import LazyPool, container_cpus
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -33,8 +31,7 @@ _ENCODE_OPTIONS = {
 MAX_THREADS = 5
 """One per picture of the largest job: 4 samples and the mask."""
 
-_pool: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
+_executor = LazyPool("encode", lambda: min(MAX_THREADS, container_cpus()))
 
 
 def encode_image(image: Image.Image, output_format: str) -> bytes:
@@ -42,15 +39,6 @@ def encode_image(image: Image.Image, output_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, **_ENCODE_OPTIONS[output_format])
     return buffer.getvalue()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            threads = min(MAX_THREADS, container_cpus())
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encode")
-        return _pool
 
 
 def encode_images(pictures: Sequence[tuple[Image.Image, str]]) -> list[bytes]:

@@ -13,6 +13,9 @@ import contextlib
 import logging
 import math
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,24 @@ def container_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/sel
     quota = cgroup_cpu_quota(root, proc_cgroup)
     limit = math.ceil(quota) if quota is not None else affinity
     return max(1, min(affinity, limit))
+
+
+class LazyPool:
+    """A thread pool for the whole process, made on first use and kept (a job must not pay for
+    starting threads), sized then by `threads()` (from `container_cpus`, not the host's cores).
+    Calling it returns the pool."""
+
+    def __init__(self, prefix: str, threads: Callable[[], int] = container_cpus) -> None:
+        self.prefix = prefix
+        self.threads = threads
+        self.pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(max_workers=self.threads(), thread_name_prefix=self.prefix)
+            return self.pool
 
 
 def size_thread_pools(cpus: int | None = None) -> int:
