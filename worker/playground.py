@@ -31,6 +31,7 @@ from worker.runtime import house_model_photos
 from worker.schema import (
     FIELDS,
     FITS,
+    GARMENT_ITEM_FIELDS,
     GUIDANCE_RANGE,
     MAX_SEED,
     OUTPUT_FORMATS,
@@ -55,7 +56,8 @@ THUMBNAIL_SIZE = (240, 320)
 
 
 def field_options(settings: Settings) -> dict[str, Any]:
-    """The form's defaults, choices and ranges, from the schema and this worker's settings.
+    """The form's defaults, choices and ranges (and the fields of an outfit's item), from the
+    schema and this worker's settings.
 
     Fields the schema does not know yet keep the choices and defaults written in the page.
     """
@@ -70,6 +72,7 @@ def field_options(settings: Settings) -> dict[str, Any]:
             "garment_photo_type": list(GARMENT_PHOTO_TYPES),
             "order": list(OUTFIT_ORDERS),
         },
+        "garment_item": list(GARMENT_ITEM_FIELDS),
         "ranges": {
             "steps": list(STEPS_RANGE),
             "samples": list(SAMPLES_RANGE),

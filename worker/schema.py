@@ -54,12 +54,8 @@ OUTPUT_SIZES = ("input", "frame")
 MAX_SEED = 2**63 - 1
 RANDOM_SEED_BOUND = 2**32
 
-# The fields of one item of `garments` (an outfit), with their defaults.
-GARMENT_ITEM_FIELDS: dict[str, Any] = {
-    "garment": None,
-    "category": "upper_body",
-    "garment_photo_type": "flat",
-}
+# The fields of one item of `garments` (an outfit); each has the top-level field's default (FIELDS).
+GARMENT_ITEM_FIELDS: tuple[str, ...] = ("garment", "category", "garment_photo_type")
 
 # Field name -> default (None: no default / optional).
 FIELDS: dict[str, Any] = {
@@ -285,7 +281,7 @@ def _garment_model_type(
 
 def _outfit_conflicts(fields: _Fields, catalog: bool, errors: list[str]) -> None:
     """What cannot go with `garments`: the top-level garment fields, a catalog, a caller's mask."""
-    for name in ("garment", *(field for field in GARMENT_ITEM_FIELDS if field != "garment")):
+    for name in GARMENT_ITEM_FIELDS:
         if fields.get(name) is not None:
             errors.append(f"{name} goes inside each item of garments (give garment or garments, not both)")
     if catalog:

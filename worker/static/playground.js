@@ -33,8 +33,6 @@ const LABELS = {
   lower_first: "lower body first",
   upper_first: "upper body first",
 };
-// The fields of an outfit's item, as the top-level controls name them for item 0.
-const ITEM_FIELDS = ["garment", "category", "garment_photo_type"];
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
@@ -214,7 +212,7 @@ function collect() {
   const first = { garment: readField("garment"), category: readField("category") };
   const other = { garment: second, category: readField("garments.1.category") };
   if ("garment_photo_type" in input) first.garment_photo_type = other.garment_photo_type = input.garment_photo_type;
-  for (const name of ITEM_FIELDS) delete input[name];
+  for (const name of state.config.fields.garment_item) delete input[name]; // item 0's, now inside it
   input.garments = [first, other];
   return input;
 }
