@@ -6,22 +6,13 @@ end done is skipped saying which."""
 from __future__ import annotations
 
 import pytest
+from worker_support import HandClock
 
 from bench.budget import DONE, FAILED, NOTE_LIMIT, SKIPPED, Estimate, Run, one_line
 
 
-class Clock:
-    """A clock that moves only when told to (a part's work advances it)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_run(budget_s: float = 100.0) -> tuple[Run, Clock, list[str]]:
-    clock, ended = Clock(), []
+def make_run(budget_s: float = 100.0) -> tuple[Run, HandClock, list[str]]:
+    clock, ended = HandClock(), []
     run = Run(budget_s, on_end=ended.append, clock=clock, log=lambda _message: None)
     return run, clock, ended
 

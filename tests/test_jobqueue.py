@@ -10,18 +10,9 @@ import json
 import threading
 
 import pytest
+from worker_support import HandClock
 
 from worker.jobqueue import CANCELLED, COMPLETED, FAILED, JobQueue, package
-
-
-class Clock:
-    """A clock the test moves by hand (retention is minutes long in real time)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def started(run, **kwargs) -> JobQueue:
@@ -92,7 +83,7 @@ def test_progress_shows_as_output_and_a_cancelled_running_job_stops_at_its_next_
 
 
 def test_finished_jobs_are_forgotten_after_the_retention_time() -> None:
-    clock = Clock()
+    clock = HandClock()
     queue = started(lambda job, progress: {"ok": 1}, result_ttl=30.0, clock=clock)
     job_id = queue.submit({"input": {}})["id"]
     assert queue.wait(job_id, 10)["status"] == COMPLETED

@@ -46,6 +46,17 @@ DEADLINE_SLACK = 2.0
 second or two"), generous for a loaded 2-core CI machine."""
 
 
+class HandClock:
+    """A monotonic clock that moves only when a test moves it (`clock.now += seconds`): for
+    deadlines and retention periods that are minutes long in real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class QuietHandler(BaseHTTPRequestHandler):
     """A request handler that keeps the test output clean (no line per request on stderr)."""
 
