@@ -2,6 +2,8 @@
 graph-counting backend instead of inductor's minutes of code generation on a CPU) and gives the
 eager pipeline's images up to the rounding of channels-last convolutions."""
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,18 @@ from ootd import load_pipelines
 from ootd.compile import RECOMPILE_LIMIT, compile_pipeline, recompile_limit
 from ootd.garment_cache import GarmentCache
 from worker.config import Settings
+
+
+def graph_counter() -> tuple[Callable, list]:
+    """A dynamo backend that runs each graph it is given eagerly, and the list it keeps them in
+    (one entry per graph dynamo built: what the tests count)."""
+    graphs: list = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    return backend, graphs
 
 
 def test_the_setting() -> None:
@@ -31,11 +45,7 @@ def test_the_compiled_try_on_unet_traces_and_matches_eager(tiny_ootd_root) -> No
     options = {"num_inference_steps": 2, "height": 128, "width": 128, "generator": 3, "output_type": "np"}
     eager = pipe(person, garment, mask, **options).images
 
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
+    counting_backend, graphs = graph_counter()
 
     torch._dynamo.reset()
     try:
@@ -76,11 +86,7 @@ def test_one_graph_per_allowed_shape_none_on_a_repeat_and_no_graph_break(tiny_oo
         pipe.garment_cache = cache
         pipe.unet_garm.register_forward_pre_hook(lambda module, args: garment_passes.append(args[0].shape))
     person, garment, mask = make_images()
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
+    counting_backend, graphs = graph_counter()
 
     torch._dynamo.reset()
     counters.clear()
