@@ -128,6 +128,19 @@ def choose_a_small_job(page: Page) -> None:
     page.locator('select[name="resolution"]').select_option("256x192")
 
 
+def posted(page: Page, route: str) -> list:
+    """The page's POST requests to URLs ending in `route`, recorded as they are sent."""
+    requests: list = []
+    page.on("request", lambda r: requests.append(r) if r.method == "POST" and r.url.endswith(route) else None)
+    return requests
+
+
+def enter_the_key(page: Page) -> None:
+    """Type the API key as a person does; leaving the field stores it for the tab."""
+    page.locator("#api-key").fill(API_KEY)
+    page.locator("#api-key").press("Tab")  # a change event: stored for this tab, thumbnails load
+
+
 def sent_jobs(requests: list) -> list[dict]:
     return [json.loads(request.post_data)["input"] for request in requests]
 
@@ -136,12 +149,10 @@ def test_queue_endpoint_page_runs_a_job_with_progress_and_shows_the_results(
     queue_worker: str, page: Page
 ) -> None:
     console = Console(page)
-    runs = []
-    page.on("request", lambda r: runs.append(r) if r.method == "POST" and r.url.endswith("/run") else None)
+    runs = posted(page, "/run")
     page.goto(f"{queue_worker}/")
     expect(page.locator("#house-models")).to_have_text("Enter the API key to see the house models.")
-    page.locator("#api-key").fill(API_KEY)
-    page.locator("#api-key").press("Tab")  # a change event: stored for this tab, thumbnails load
+    enter_the_key(page)
     expect(page.locator(".thumb img")).to_have_attribute("src", re.compile("^blob:"))
     assert page.evaluate("() => sessionStorage.getItem('ootd-worker.api-key')") == API_KEY
     assert page.evaluate("() => localStorage.length") == 0
@@ -194,8 +205,7 @@ def test_queue_endpoint_page_shows_the_workers_error_beside_the_field(queue_work
     expect(alert).to_have_text(re.compile(r"^missing or wrong API key"))
     expect(page.locator('[data-error-for="api-key"]')).to_contain_text("API key")
 
-    page.locator("#api-key").fill(API_KEY)
-    page.locator("#api-key").press("Tab")
+    enter_the_key(page)
     page.locator('input[type="text"][name="garment"]').fill("ftp://example.com/shirt.png")
     page.locator('input[name="steps"]').fill("99")
     page.locator('#tryon button[type="submit"]').click()
@@ -211,8 +221,7 @@ def test_queue_endpoint_page_shows_the_workers_error_beside_the_field(queue_work
 
 def test_load_balancing_endpoint_page_runs_a_job_and_shows_a_refusal(lb_worker: str, page: Page) -> None:
     console = Console(page)
-    tryons = []
-    page.on("request", lambda r: tryons.append(r) if r.method == "POST" else None)
+    tryons = posted(page, "")
     page.goto(f"{lb_worker}/")
     expect(page.locator("#endpoint")).to_have_text("load-balancing endpoint: POST /tryon")
     expect(page.locator("#key-box")).to_be_hidden()  # no LOCAL_API_KEY on this worker
@@ -264,11 +273,9 @@ def test_queue_endpoint_page_dresses_an_outfit_in_two_passes(
     queue_worker: str, page: Page, tmp_path: Path
 ) -> None:
     console = Console(page)
-    runs = []
-    page.on("request", lambda r: runs.append(r) if r.method == "POST" and r.url.endswith("/run") else None)
+    runs = posted(page, "/run")
     page.goto(f"{queue_worker}/")
-    page.locator("#api-key").fill(API_KEY)
-    page.locator("#api-key").press("Tab")
+    enter_the_key(page)
     choose_a_small_job(page)
     page.locator('input[name="seed"]').fill("77")
     page.locator('input[name="return_mask"]').check()
@@ -319,8 +326,7 @@ def test_queue_endpoint_page_dresses_an_outfit_in_two_passes(
 
 def test_load_balancing_endpoint_page_runs_a_catalog(lb_worker: str, page: Page) -> None:
     console = Console(page)
-    tryons = []
-    page.on("request", lambda r: tryons.append(r) if r.method == "POST" else None)
+    tryons = posted(page, "")
     page.goto(f"{lb_worker}/")
     expect(page.get_by_role("radio")).to_have_count(2)
     page.get_by_label("Several house models").check()
